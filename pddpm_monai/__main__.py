@@ -1,0 +1,5 @@
+import sys
+
+from pddpm_monai.cli import main
+
+sys.exit(main())

@@ -1,0 +1,76 @@
+"""The ``pddpm`` command: a thin dispatcher over the stage packages.
+
+Each stage package exposes ``add_commands(subparsers)`` in its ``commands`` module; this module only
+collects them, parses, and turns :class:`~pddpm_monai.utils.PddpmError` into a one-line message on
+stderr with a non-zero exit code (``--debug`` shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from pddpm_monai import __version__
+from pddpm_monai.utils import PddpmError
+
+#: modules whose ``add_commands(subparsers)`` register the ``pddpm`` verbs, in help order
+COMMAND_MODULES: tuple[str, ...] = (
+    "pddpm_monai.data.synthetic.commands",  # synth
+    "pddpm_monai.data.commands",  # preprocess, splits, fetch-atlas
+    "pddpm_monai.engines.commands",  # train, reconstruct
+    "pddpm_monai.evaluation.commands",  # evaluate, table, ablate
+    "pddpm_monai.pipeline.commands",  # detect, demo
+)
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors are one line (no usage dump), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(EXIT_USER_ERROR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``pddpm`` argument parser with every stage's sub-commands."""
+    parser = _Parser(prog="pddpm", description="Patched diffusion models for brain MRI anomaly detection.")
+    parser.add_argument("--version", action="version", version=f"pddpm-monai {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pddpm`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        code = args.func(args)
+    except PddpmError as err:
+        if args.debug:
+            raise
+        sys.stderr.write(f"pddpm {args.command}: error: {err}\n")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write(f"pddpm {args.command}: interrupted\n")
+        return 130
+    except OSError as err:
+        if args.debug:
+            raise
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        sys.stderr.write(f"pddpm {args.command}: error: {where}{err.strerror or err}\n")
+        return 1
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

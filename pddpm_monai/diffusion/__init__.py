@@ -1,0 +1,1 @@
+"""Simplex noise, the patch grid and masks, the (patched) forward process and losses."""

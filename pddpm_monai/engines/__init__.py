@@ -1,0 +1,1 @@
+"""Training with MONAI engines: methods' training steps, trainer/evaluator set-up, checkpoints."""

@@ -1,0 +1,1 @@
+"""Post-processing, threshold search, metrics, permutation tests, tables and figures."""

@@ -1,0 +1,1 @@
+"""MONAI inferers: patched denoising, plain DDPM and autoencoder reconstruction."""

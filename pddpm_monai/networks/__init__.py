@@ -1,0 +1,1 @@
+"""Networks: the diffusion UNet and the baseline networks."""

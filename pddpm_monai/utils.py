@@ -1,0 +1,177 @@
+"""Shared helpers: user-facing errors, validated NIfTI reading, atomic writes and safe checkpoints.
+
+Every stage uses these so that bad input always surfaces as one line naming the file and the
+problem (:class:`InputError`), and so that no partial output file is ever visible (:func:`atomic_path`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+__all__ = [
+    "PddpmError",
+    "InputError",
+    "atomic_path",
+    "read_nifti",
+    "save_nifti",
+    "save_json",
+    "check_same_grid",
+    "save_checkpoint",
+    "load_checkpoint",
+]
+
+
+class PddpmError(Exception):
+    """An error meant for the user: the CLI prints ``str(err)`` on one line and exits non-zero."""
+
+
+class InputError(PddpmError, ValueError):
+    """Bad input file or value.
+
+    Args:
+        path: the offending file (or a short name of the offending option).
+        problem: what is wrong with it, ideally with a remedy.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, problem: str):
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary name keeps the final suffixes (``.nii.gz``, ``.pt``) so that writers that infer
+    the format from the name work; it starts with ``.`` and contains ``.tmp-`` so that it is never
+    mistaken for a finished output. On error the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def read_nifti(
+    path: str | os.PathLike,
+    *,
+    allow_empty: bool = False,
+    dtype: type = np.float32,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a 3-D NIfTI volume and validate it.
+
+    A trailing singleton 4th axis (as in the SRI24 files) is squeezed. Raises :class:`InputError`
+    naming the file for: a missing or unreadable file, a truncated archive, a file that is not
+    NIfTI, a 2-D image, a 4-D image with more than one volume, NaN/Inf voxels, and (unless
+    ``allow_empty``) an all-zero image.
+
+    Returns:
+        ``(array, affine)`` with the array in the file's voxel order, as ``dtype``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj)
+    except Exception as err:  # nibabel raises many types for unreadable files
+        raise InputError(path, f"not a readable NIfTI image ({type(err).__name__}: {err})") from None
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise InputError(path, f"not a NIfTI image (read as {type(img).__name__})")
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(path, f"expected a 3-D image, got shape {tuple(data.shape)}")
+    data = data.astype(dtype, copy=False)
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise InputError(path, f"image contains {int((~np.isfinite(data)).sum())} NaN/Inf voxels")
+    if not allow_empty and not np.any(data):
+        raise InputError(path, "image is all zeros")
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write ``array`` with ``affine`` to ``path`` atomically (temporary name, then rename)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        nib.save(nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64)), str(tmp))
+    return path
+
+
+def save_json(obj: Any, path: str | os.PathLike) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    return path
+
+
+def check_same_grid(
+    reference: tuple[np.ndarray, np.ndarray],
+    other: tuple[np.ndarray, np.ndarray],
+    other_path: str | os.PathLike,
+    *,
+    atol: float = 1e-3,
+) -> None:
+    """Raise :class:`InputError` naming ``other_path`` if ``other`` is not on the grid of ``reference``.
+
+    Both arguments are ``(array, affine)`` pairs as returned by :func:`read_nifti`.
+    """
+    (ref_arr, ref_aff), (arr, aff) = reference, other
+    if ref_arr.shape != arr.shape:
+        raise InputError(
+            other_path, f"grid mismatch: shape {arr.shape} differs from the image's {ref_arr.shape}"
+        )
+    if not np.allclose(ref_aff, aff, atol=atol):
+        raise InputError(other_path, "grid mismatch: affine differs from the image's")
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Save a checkpoint dict (tensors, numbers, strings, nested dicts/lists only) atomically."""
+    import torch
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(dict(state), tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``torch.load(..., weights_only=True)``.
+
+    Raises :class:`InputError` naming the file when it is missing, corrupt, or contains pickled
+    code (which ``weights_only=True`` refuses to execute).
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "checkpoint not found")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            first = "refused: it contains pickled objects that are not plain weights (weights_only=True)"
+        raise InputError(path, f"cannot load checkpoint: {first}") from None
+    if not isinstance(obj, dict):
+        raise InputError(path, f"not a pddpm checkpoint (a {type(obj).__name__}, expected a dict)")
+    return obj

@@ -1,0 +1,42 @@
+"""Shared fixtures: the real MRI files of ../shared/data (skip when absent) and a quiet torch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+torch.set_num_threads(1)
+
+
+def shared_data_dir() -> Path | None:
+    """``$PDDPM_TEST_DATA`` or ``../shared/data`` beside the project; ``None`` when absent."""
+    env = os.environ.get("PDDPM_TEST_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO_ROOT.parent / "shared" / "data")
+    for path in candidates:
+        if path.is_dir():
+            return path
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of real MRI files; the test skips when it is not there."""
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip("real MRI files (../shared/data or $PDDPM_TEST_DATA) are absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def meta_schema() -> Path:
+    """The offline MONAI bundle metadata schema; skip when ../shared is absent."""
+    path = REPO_ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
+    if not path.is_file():
+        pytest.skip("offline bundle metadata schema (../shared/monai) is absent")
+    return path
