@@ -64,14 +64,14 @@ def test_model_grid_shapes_affine_and_values(subject):
 
 def test_crop_drops_30_slices_each_side(tmp_path):
     img = np.zeros((192, 192, 160), np.float32)
-    img[..., 30] = 1.0  # the first kept slice
-    img[..., 29] = 5.0  # dropped
+    img[..., 30] = img[..., 129] = 1.0  # the first and last kept slices
+    img[..., 29] = img[..., 130] = 0.5  # dropped
     cfg = ModelGridConfig(downsample=1.0)
     out = model_grid_transforms(("image",), config=cfg, smooth=False)(
         {"image": _write(tmp_path / "i.nii.gz", img)}
     )
     assert out["image"].shape[-1] == 100
-    assert float(out["image"][0, :, :, 0].mean()) > 0.99
+    assert float(out["image"][0, :, :, 0].mean()) > 0.99 and float(out["image"][0, :, :, -1].mean()) > 0.99
 
 
 @pytest.mark.parametrize(
