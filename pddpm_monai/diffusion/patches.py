@@ -1,0 +1,208 @@
+"""The patch grid of pDDPM and the binary patch masks ``M_p`` (paper §3, Eq. 3).
+
+A slice of ``H x W`` pixels is covered by boxes of ``h x w`` pixels. Per axis there are
+``n = ceil((W - w) / w) + 1`` start positions, evenly spaced from ``0`` to ``W - w``; the boxes
+overlap when ``w`` does not divide ``W``. The grid is the **product** of the two axes, so it has
+``K = n_y * n_x`` boxes. The paper prints ``K = ceil((W-w)/w) + ceil((H-h)/h) + 2`` (that is
+``n_x + n_y``), which equals the product only for the 2 x 2 grid of 96/48; the authors' code
+(``BoxSampler.sample_grid``) builds the product grid, which is what covers the image.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "PatchSampling",
+    "axis_starts",
+    "boxes_to_masks",
+    "patch_grid",
+    "patch_masks",
+    "sample_patch_boxes",
+    "sample_patch_masks",
+]
+
+PatchSampling = Literal["fixed", "random"]
+
+
+def axis_starts(size: int, patch: int) -> list[int]:
+    """Start offsets of the patches along one axis.
+
+    ``n = ceil((size - patch) / patch) + 1`` starts evenly spaced from ``0`` to ``size - patch``.
+    Position ``i`` is ``i * (size - patch) / (n - 1)`` rounded half up to an integer (exact
+    integer arithmetic, so the first start is 0 and the last is ``size - patch``).
+
+    Args:
+        size: image size along the axis (pixels).
+        patch: patch size along the axis (pixels), ``1 <= patch <= size``.
+
+    Returns:
+        the sorted start offsets.
+
+    Raises:
+        ValueError: when the patch does not fit in the image.
+    """
+    if not 1 <= patch <= size:
+        raise ValueError(f"patch size {patch} must be between 1 and the image size {size}.")
+    span = size - patch
+    n = math.ceil(span / patch) + 1
+    if n == 1:
+        return [0]
+    return [(2 * i * span + (n - 1)) // (2 * (n - 1)) for i in range(n)]
+
+
+def patch_grid(height: int, width: int, patch_h: int, patch_w: int) -> list[tuple[int, int]]:
+    """The ``K = n_y * n_x`` box positions of the product grid (row-major: y outer, x inner).
+
+    Args:
+        height: image height ``H``.
+        width: image width ``W``.
+        patch_h: patch height ``h``.
+        patch_w: patch width ``w``.
+
+    Returns:
+        ``(y0, x0)`` top-left corners; box ``k`` covers ``[y0, y0 + h) x [x0, x0 + w)``.
+
+    Example:
+        >>> patch_grid(96, 96, 48, 48)
+        [(0, 0), (0, 48), (48, 0), (48, 48)]
+        >>> patch_grid(96, 96, 60, 60)
+        [(0, 0), (0, 36), (36, 0), (36, 36)]
+    """
+    ys = axis_starts(height, patch_h)
+    xs = axis_starts(width, patch_w)
+    return [(y0, x0) for y0 in ys for x0 in xs]
+
+
+def boxes_to_masks(
+    starts: Tensor,
+    height: int,
+    width: int,
+    patch_h: int,
+    patch_w: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Binary masks of boxes given by their top-left corners.
+
+    Args:
+        starts: ``(N, 2)`` integer tensor of ``(y0, x0)``.
+        height: image height.
+        width: image width.
+        patch_h: box height.
+        patch_w: box width.
+        dtype: dtype of the masks.
+
+    Returns:
+        ``(N, 1, H, W)`` masks on ``starts.device``: 1 inside the box, 0 outside.
+    """
+    device = starts.device
+    rows = torch.arange(height, device=device)
+    cols = torch.arange(width, device=device)
+    y0 = starts[:, 0, None]
+    x0 = starts[:, 1, None]
+    in_rows = (rows[None] >= y0) & (rows[None] < y0 + patch_h)  # (N, H)
+    in_cols = (cols[None] >= x0) & (cols[None] < x0 + patch_w)  # (N, W)
+    return (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1).to(dtype)
+
+
+def patch_masks(
+    height: int,
+    width: int,
+    patch_h: int,
+    patch_w: int,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """One binary mask per grid position.
+
+    Args:
+        height: image height.
+        width: image width.
+        patch_h: patch height.
+        patch_w: patch width.
+        device: device of the masks.
+        dtype: dtype of the masks.
+
+    Returns:
+        ``(K, 1, H, W)`` masks in the order of :func:`patch_grid`.
+    """
+    starts = torch.tensor(patch_grid(height, width, patch_h, patch_w), device=device)
+    return boxes_to_masks(starts, height, width, patch_h, patch_w, dtype=dtype)
+
+
+def sample_patch_boxes(
+    batch: int,
+    height: int,
+    width: int,
+    patch_h: int,
+    patch_w: int,
+    *,
+    sampling: PatchSampling,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Top-left corners of one training box per sample.
+
+    Args:
+        batch: number of samples.
+        height: image height.
+        width: image width.
+        patch_h: patch height.
+        patch_w: patch width.
+        sampling: ``"fixed"``: a uniformly drawn position of the grid (:func:`patch_grid`);
+            ``"random"``: a uniformly random box that lies fully inside the image.
+        generator: CPU generator for reproducible draws.
+
+    Returns:
+        ``(batch, 2)`` long tensor of ``(y0, x0)`` on the CPU.
+    """
+    if sampling == "fixed":
+        grid = torch.tensor(patch_grid(height, width, patch_h, patch_w))
+        index = torch.randint(len(grid), (batch,), generator=generator)
+        return grid[index]
+    if sampling == "random":
+        axis_starts(height, patch_h), axis_starts(width, patch_w)  # validates the sizes
+        y0 = torch.randint(height - patch_h + 1, (batch,), generator=generator)
+        x0 = torch.randint(width - patch_w + 1, (batch,), generator=generator)
+        return torch.stack([y0, x0], dim=1)
+    raise ValueError(f"sampling must be 'fixed' or 'random', got {sampling!r}.")
+
+
+def sample_patch_masks(
+    batch: int,
+    height: int,
+    width: int,
+    patch_h: int,
+    patch_w: int,
+    *,
+    sampling: PatchSampling,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Binary masks ``M_p`` of one training box per sample (see :func:`sample_patch_boxes`).
+
+    Args:
+        batch: number of samples.
+        height: image height.
+        width: image width.
+        patch_h: patch height.
+        patch_w: patch width.
+        sampling: ``"fixed"`` (a grid position per sample) or ``"random"`` (any box inside).
+        generator: CPU generator for reproducible draws (the draw happens on the CPU, so the
+            result does not depend on ``device``).
+        device: device of the masks.
+        dtype: dtype of the masks.
+
+    Returns:
+        ``(batch, 1, H, W)`` binary masks.
+    """
+    starts = sample_patch_boxes(
+        batch, height, width, patch_h, patch_w, sampling=sampling, generator=generator
+    )
+    return boxes_to_masks(starts.to(device), height, width, patch_h, patch_w, dtype=dtype)
