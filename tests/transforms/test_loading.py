@@ -63,15 +63,15 @@ def test_model_grid_shapes_affine_and_values(subject):
 
 
 def test_crop_drops_30_slices_each_side(tmp_path):
-    img = np.zeros((192, 192, 160), np.float32)
-    img[..., 30] = img[..., 129] = 1.0  # the first and last kept slices
-    img[..., 29] = img[..., 130] = 0.5  # dropped
-    cfg = ModelGridConfig(downsample=1.0)
+    img = np.broadcast_to(np.arange(1, 161, dtype=np.float32), (192, 192, 160)).copy()  # slice k holds k + 1
+    cfg = ModelGridConfig(downsample=1.0, percentiles=(0.0, 100.0))
     out = model_grid_transforms(("image",), config=cfg, smooth=False)(
         {"image": _write(tmp_path / "i.nii.gz", img)}
     )
     assert out["image"].shape[-1] == 100
-    assert float(out["image"][0, :, :, 0].mean()) > 0.99 and float(out["image"][0, :, :, -1].mean()) > 0.99
+    # slices 30..129 are kept (values 31..130), rescaled linearly to [0, 1]
+    expected = (np.arange(31, 131, dtype=np.float32) - 31) / 99
+    np.testing.assert_allclose(out["image"][0, 0, 0, :].numpy(), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize(
