@@ -65,9 +65,14 @@ def _check_inputs(inputs: Tensor, process: DiffusionProcess, t_test: int, patch:
 
 
 def _run(network: Network, x: Tensor, t_index: int) -> Tensor:
-    """One network call at a constant timestep; the prediction in float32."""
+    """One network call at a constant timestep; the prediction in float32 (or float64)."""
     timesteps = torch.full((x.shape[0],), t_index, device=x.device, dtype=torch.long)
-    return network(x, timesteps).float()
+    return network(x, timesteps).to(_accumulation_dtype(x))
+
+
+def _accumulation_dtype(x: Tensor) -> torch.dtype:
+    """float32 for half/bfloat16/float32 inputs, float64 for float64 inputs."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 def _batched(
@@ -75,7 +80,7 @@ def _batched(
 ) -> Tensor:
     """Sum over positions of ``M_k * network(x~_t^k)``, all ``B * K`` copies in chunks."""
     batch, num_pos = x0.shape[0], masks.shape[0]
-    total = torch.zeros(x0.shape, device=x0.device, dtype=torch.float32)
+    total = torch.zeros(x0.shape, device=x0.device, dtype=_accumulation_dtype(x0))
     for start in range(0, batch * num_pos, max_batch):
         index = torch.arange(start, min(start + max_batch, batch * num_pos), device=x0.device)
         sample, pos = index // num_pos, index % num_pos
@@ -89,7 +94,7 @@ def _sequential(
     network: Network, x0: Tensor, x_t: Tensor, masks: Tensor, t_index: int, max_batch: int
 ) -> Tensor:
     """The same sum, one position at a time (the authors' loop), slices in chunks of ``max_batch``."""
-    total = torch.zeros(x0.shape, device=x0.device, dtype=torch.float32)
+    total = torch.zeros(x0.shape, device=x0.device, dtype=_accumulation_dtype(x0))
     for mask in masks:
         for start in range(0, x0.shape[0], max_batch):
             part = slice(start, start + max_batch)
@@ -125,7 +130,8 @@ def patched_reconstruction(
         noise: a given noise field per slice ``(B, C, H, W)`` instead of drawing one.
 
     Returns:
-        the reconstruction ``(B, C, H, W)`` in the data range, float32 (overlaps averaged).
+        the reconstruction ``(B, C, H, W)`` in the data range, float32 (float64 for float64
+        inputs); overlaps averaged.
 
     Raises:
         ValueError: for a non-4-D input, a ``t_test`` outside ``1..T``, a patch larger than the

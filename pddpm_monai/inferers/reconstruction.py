@@ -83,7 +83,7 @@ def diffusion_reconstruction(
         noise: a given noise field per slice instead of drawing one.
 
     Returns:
-        the reconstruction ``(B, C, H, W)`` in the data range, float32.
+        the reconstruction ``(B, C, H, W)`` in the data range, float32 (float64 for float64 inputs).
     """
     if inputs.ndim != 4:
         raise ValueError(f"inputs must be slices (B, C, H, W), got shape {tuple(inputs.shape)}.")
@@ -100,7 +100,7 @@ def diffusion_reconstruction(
     for start in range(0, x_t.shape[0], max_batch):
         part = x_t[start : start + max_batch]
         timesteps = torch.full((part.shape[0],), t_index, device=part.device, dtype=torch.long)
-        outputs.append(network(part, timesteps).float())
+        outputs.append(network(part, timesteps).to(torch.promote_types(part.dtype, torch.float32)))
     return process.from_model_space(torch.cat(outputs, dim=0))
 
 

@@ -1,0 +1,84 @@
+"""The forward process on MONAI's DDPMScheduler, Eq. 3 and the losses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from numpy.testing import assert_allclose
+
+from pddpm_monai.diffusion.patches import boxes_to_masks
+from pddpm_monai.diffusion.process import (
+    DiffusionConfig,
+    DiffusionProcess,
+    full_l1_loss,
+    partly_noised,
+    patch_l1_loss,
+)
+
+
+def reference_alpha_bar(t: int, steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2) -> float:
+    """``prod_{s<=t} (1 - beta_s)`` for the linear schedule, in float64."""
+    betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
+    return torch.cumprod(1 - betas, 0)[t].item()
+
+
+def test_add_noise_matches_the_closed_form():
+    process = DiffusionProcess()
+    x0 = torch.rand(3, 1, 8, 8)
+    noise = torch.randn(3, 1, 8, 8)
+    t = torch.tensor([0, 499, 999])
+    x_t = process.add_noise(x0, noise, t)
+    for i, step in enumerate(t.tolist()):
+        a = reference_alpha_bar(step)
+        assert_allclose(x_t[i].numpy(), (a**0.5 * x0[i] + (1 - a) ** 0.5 * noise[i]).numpy(), atol=1e-5)
+
+
+def test_add_noise_scalar_timestep_and_bf16_keeps_the_table():
+    process = DiffusionProcess()
+    x0, noise = torch.rand(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    scalar = process.add_noise(x0, noise, torch.tensor(499))
+    assert torch.equal(scalar, process.add_noise(x0, noise, torch.tensor([499, 499])))
+    process.add_noise(x0.bfloat16(), noise.bfloat16(), torch.tensor(10))
+    assert process.scheduler.alphas_cumprod.dtype == torch.float32
+
+
+def test_process_configuration_and_noise():
+    process = DiffusionProcess(DiffusionConfig(num_train_timesteps=50, noise_type="gaussian"))
+    assert process.scheduler.prediction_type == "sample"
+    assert len(process.scheduler.alphas_cumprod) == 50
+    t = process.sample_timesteps(4000, device="cpu", generator=torch.Generator().manual_seed(0))
+    assert t.min() == 0 and t.max() == 49 and t.dtype == torch.long
+    x0 = torch.zeros(2, 1, 16, 16)
+    noise = process.noise_like(x0, generator=torch.Generator().manual_seed(0))
+    assert noise.shape == x0.shape and not torch.equal(noise[0], noise[1])
+
+
+def test_model_space_round_trip():
+    process = DiffusionProcess()
+    x = torch.rand(2, 1, 4, 4)
+    assert_allclose(process.to_model_space(x).numpy(), (2 * x - 1).numpy())
+    assert_allclose(process.from_model_space(process.to_model_space(x)).numpy(), x.numpy(), atol=1e-7)
+    identity = DiffusionProcess(DiffusionConfig(rescale_to_minus_one_one=False))
+    assert torch.equal(identity.to_model_space(x), x)
+
+
+def test_partly_noised_is_eq3():
+    x0, x_t = torch.zeros(1, 1, 6, 6), torch.ones(1, 1, 6, 6)
+    mask = boxes_to_masks(torch.tensor([[1, 2]]), 6, 6, 3, 2)
+    mixed = partly_noised(x_t, x0, mask)
+    assert mixed.sum() == 6 and torch.equal(mixed[0, 0, 1:4, 2:4], torch.ones(3, 2))
+
+
+def test_losses():
+    x0 = torch.zeros(2, 1, 4, 4)
+    x0_hat = torch.zeros(2, 1, 4, 4)
+    x0_hat[:, :, :2, :2] = 2.0  # error 2 on 4 pixels inside the patch
+    x0_hat[:, :, 3, 3] = 5.0  # error outside the patch
+    mask = boxes_to_masks(torch.tensor([[0, 0], [0, 0]]), 4, 4, 2, 2)
+    assert patch_l1_loss(x0, x0_hat, mask).item() == pytest.approx(
+        2 * 4 / 16
+    )  # authors: mean over all pixels
+    assert patch_l1_loss(x0, x0_hat, mask, reduction="patch").item() == pytest.approx(2.0)
+    assert full_l1_loss(x0, x0_hat).item() == pytest.approx((8 + 5) / 16)
+    with pytest.raises(ValueError, match="reduction"):
+        patch_l1_loss(x0, x0_hat, mask, reduction="sum")  # type: ignore[arg-type]
