@@ -1,9 +1,104 @@
-"""``pddpm`` sub-commands of this stage (registered by :mod:`pddpm_monai.cli`)."""
+"""``pddpm evaluate`` and ``pddpm table`` (registered by :mod:`pddpm_monai.cli`).
+
+Examples::
+
+    pddpm evaluate --method thresh --data-root ROOT --out results
+    pddpm evaluate --checkpoint f0.pt --checkpoint f1.pt --data-root ROOT --out results --t-test 500 --patch-size 48
+    pddpm table results
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from pddpm_monai.utils import InputError
+
+#: methods that need no checkpoint
+CHECKPOINT_FREE_METHODS = ("thresh",)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pddpm_monai.evaluation.evaluate import EvaluationConfig, evaluate_method
+    from pddpm_monai.evaluation.scorers import ThreshScorer, load_checkpoint_scorer
+
+    checkpoints = args.checkpoint or []
+    if bool(checkpoints) == bool(args.method):
+        raise InputError("--checkpoint/--method", "give either --checkpoint CKPT (repeatable) or --method thresh")
+    if not Path(args.data_root).is_dir():
+        raise InputError(args.data_root, "data root not found")
+    config = EvaluationConfig(
+        datasets=tuple(args.datasets),
+        grid=args.grid,
+        voxels=args.voxels,
+        save_nifti=not args.no_nifti,
+        figures=not args.no_figures,
+        progress=not args.quiet,
+    )
+    folds = args.fold if args.fold is not None else list(range(max(1, len(checkpoints))))
+    if args.method:
+        evaluate_method(ThreshScorer(), args.data_root, args.out, fold=folds[0], config=config, extra={"method_option": args.method})
+        return 0
+    if len(folds) != len(checkpoints):
+        raise InputError("--fold", f"{len(checkpoints)} checkpoint(s) but {len(folds)} fold number(s)")
+    for checkpoint, fold in zip(checkpoints, folds):
+        scorer = load_checkpoint_scorer(checkpoint, t_test=args.t_test, patch_size=args.patch_size, device=args.device)
+        extra = {"checkpoint": str(checkpoint), "t_test": args.t_test, "patch_size": args.patch_size}
+        run = evaluate_method(scorer, args.data_root, args.out, fold=fold, config=config, extra=extra)
+        print(run)
+    return 0
+
+
+def _table(args: argparse.Namespace) -> int:
+    from pddpm_monai.evaluation.stats import PermutationConfig
+    from pddpm_monai.evaluation.table import write_table
+
+    out = Path(args.out or args.results[0])
+    written = write_table(
+        args.results,
+        out,
+        reference=args.reference,
+        config=PermutationConfig(rounds=args.rounds, seed=args.seed),
+        figures=not args.no_figures,
+    )
+    print(written["table.md"].read_text(), end="")
+    return 0
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register this stage's sub-commands (none yet)."""
+    """Register ``evaluate`` and ``table``."""
+    from pddpm_monai.evaluation.evaluate import DATASETS
+
+    p = subparsers.add_parser(
+        "evaluate",
+        help="threshold on validation, metrics, NIfTIs and figures on test (resumable)",
+        description="Evaluate checkpoints (one per fold) or the Thresh baseline on a data root.",
+    )
+    p.add_argument("--checkpoint", action="append", type=Path, help="trained checkpoint (repeat for folds)")
+    p.add_argument("--method", choices=CHECKPOINT_FREE_METHODS, help="a method without checkpoint")
+    p.add_argument("--data-root", required=True, type=Path, help="data root with splits/")
+    p.add_argument("--out", required=True, type=Path, help="results root (<out>/<method>/fold<k>/)")
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS), help="datasets to evaluate")
+    p.add_argument("--fold", nargs="+", type=int, help="fold number of each checkpoint (default 0, 1, ...)")
+    p.add_argument("--t-test", type=int, default=None, help="test timestep (default: the checkpoint's)")
+    p.add_argument("--patch-size", type=int, default=None, help="patch size (default: the checkpoint's)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    p.add_argument("--grid", choices=("model", "full"), default="model", help="evaluation grid (default model)")
+    p.add_argument("--voxels", choices=("brain", "all"), default="brain", help="voxels ranked by AUPRC/AUROC")
+    p.add_argument("--no-nifti", action="store_true", help="do not write per-volume NIfTIs")
+    p.add_argument("--no-figures", action="store_true", help="do not draw figures")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_evaluate)
+
+    t = subparsers.add_parser(
+        "table",
+        help="aggregate evaluation runs (mean ± std over folds) with permutation tests",
+        description="Aggregate results folders into table.md / table.csv / permutation_tests.csv.",
+    )
+    t.add_argument("results", nargs="+", type=Path, help="results folders of `pddpm evaluate`")
+    t.add_argument("--out", type=Path, default=None, help="output folder (default: the first results folder)")
+    t.add_argument("--reference", default=None, help="method the significance marks compare with")
+    t.add_argument("--rounds", type=int, default=10_000, help="permutation rounds (default 10000)")
+    t.add_argument("--seed", type=int, default=0, help="permutation seed")
+    t.add_argument("--no-figures", action="store_true", help="do not draw PR curves")
+    t.set_defaults(func=_table)

@@ -1,0 +1,409 @@
+"""Evaluate one method (an :class:`~pddpm_monai.evaluation.scorers.AnomalyScorer`) on a data root.
+
+For every unhealthy dataset: score the validation split, post-process, pool the voxels and find the
+exact Dice-optimal threshold; then score each test volume, binarise at that threshold, drop small
+components and compute the per-volume metrics. The healthy IXI test split gives the l1 error.
+
+Results of ``evaluate_method(scorer, root, out, fold=k)`` go to ``out/<method>/fold<k>/``::
+
+    run.json                     method, fold, data root, configuration
+    thresholds.json              per dataset: threshold, pooled validation Dice, PR bin edges
+    metrics.csv                  one row per test volume: name, dataset, dice, auprc, auroc, l1, threshold, ...
+    summary.json                 per dataset: nanmean/std of each metric, volume counts, NaN counts
+    pr_<dataset>.npz             pooled test histogram of lesion/non-lesion scores (PR curve)
+    volumes/<dataset>/<name>.json    per-volume record (what makes the run resumable)
+    nifti/<dataset>/<name>_{reconstruction,anomaly,prediction}.nii.gz   on the evaluation grid
+    nifti/<dataset>_val/<name>_{anomaly,seg}.nii.gz                     cached validation maps
+    figures/pr_<dataset>.png, figures/overlay_<dataset>_{best,median,worst}.png
+
+A killed run continues where it stopped: finished volumes (validation maps and test records) are
+skipped. All files are written atomically. The NIfTIs carry the affine of the evaluation grid in
+the data root's world coordinates, so ITK-SNAP / 3D Slicer overlay them on the data-root image.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from pddpm_monai.data.datalist import read_split_csv, split_path
+from pddpm_monai.evaluation.metrics import VoxelSet, pr_histogram, volume_metrics
+from pddpm_monai.evaluation.postprocess import PostprocessConfig, binarize, postprocess_anomaly_map
+from pddpm_monai.evaluation.scorers import AnomalyScorer
+from pddpm_monai.evaluation.threshold import ValidationPool
+from pddpm_monai.transforms.loading import ModelGridConfig, model_grid_transforms
+from pddpm_monai.utils import InputError, atomic_path, read_nifti, save_json, save_nifti
+
+__all__ = [
+    "DatasetSpec",
+    "DATASETS",
+    "EvaluationConfig",
+    "METRIC_COLUMNS",
+    "run_dir_for",
+    "evaluate_method",
+]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset of the data root: its display label and split names."""
+
+    label: str
+    test_split: str
+    val_split: str | None = None
+
+    @property
+    def unhealthy(self) -> bool:
+        """Whether it has lesion masks (then a validation split gives the threshold)."""
+        return self.val_split is not None
+
+
+#: datasets of Table 1, by their command-line key
+DATASETS: dict[str, DatasetSpec] = {
+    "brats21": DatasetSpec("BraTS21", "Brats21_test", "Brats21_val"),
+    "mslub": DatasetSpec("MSLUB", "MSLUB_test", "MSLUB_val"),
+    "ixi": DatasetSpec("IXI", "IXI_test"),
+}
+
+#: columns of the per-volume ``metrics.csv``
+METRIC_COLUMNS = (
+    "name",
+    "dataset",
+    "dice",
+    "auprc",
+    "auroc",
+    "best_dice",
+    "l1",
+    "threshold",
+    "lesion_voxels",
+    "predicted_voxels",
+)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Every default of an evaluation run.
+
+    Attributes:
+        datasets: keys of :data:`DATASETS` to evaluate.
+        postprocess: erosion, median filter and connected-component settings.
+        voxels: voxels ranked by AUPRC/AUROC (``"brain"`` mask or ``"all"``, see metrics).
+        grid: ``"model"`` evaluates on the 96x96x50 model grid (the authors' ``resizedEvaluation``);
+            ``"full"`` upsamples anomaly map and reconstruction (trilinear) to the 192x192x100 grid
+            and compares there with the full-resolution mask and ground truth.
+        loading: the model-grid loading settings (crop, percentiles, downsampling).
+        smooth: apply the loader's CurvatureFlow to the image (the authors do).
+        save_nifti: write reconstruction, anomaly map and prediction per test volume.
+        figures: write PR curves and best/median/worst overlays.
+        pr_bins: quantile bins of the pooled PR histogram.
+        progress: show progress bars.
+    """
+
+    datasets: tuple[str, ...] = ("brats21", "mslub", "ixi")
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    voxels: VoxelSet = "brain"
+    grid: Literal["model", "full"] = "model"
+    loading: ModelGridConfig = field(default_factory=ModelGridConfig)
+    smooth: bool = True
+    save_nifti: bool = True
+    figures: bool = True
+    pr_bins: int = 512
+    progress: bool = True
+
+    def __post_init__(self):
+        unknown = [d for d in self.datasets if d not in DATASETS]
+        if unknown:
+            raise InputError("--datasets", f"unknown dataset(s) {unknown}; choose from {sorted(DATASETS)}")
+        if self.grid not in ("model", "full"):
+            raise InputError("--grid", f"grid must be 'model' or 'full', got {self.grid!r}")
+
+
+def run_dir_for(out_dir: str | os.PathLike, method: str, fold: int) -> Path:
+    """The results folder of one (method, fold)."""
+    return Path(out_dir) / method / f"fold{fold}"
+
+
+@dataclass
+class _Volume:
+    """One subject on the evaluation grid, scored."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    seg: np.ndarray | None
+    reconstruction: np.ndarray | None
+    raw_map: np.ndarray
+    scores: np.ndarray
+    affine: np.ndarray
+
+
+class _Scoring:
+    """Loads subjects, runs the scorer and post-processes (shared by validation and test)."""
+
+    def __init__(self, scorer: AnomalyScorer, config: EvaluationConfig):
+        self.scorer = scorer
+        self.config = config
+        keys = ("image", "mask", "seg")
+        self.load = model_grid_transforms(keys, config=config.loading, smooth=config.smooth)
+        self.load_full = None
+        if config.grid == "full":
+            full = ModelGridConfig(**{**asdict(config.loading), "downsample": 1.0})
+            self.load_full = model_grid_transforms(keys, config=full, smooth=config.smooth)
+
+    @staticmethod
+    def _subject(item: dict[str, Any]) -> dict[str, str]:
+        return {k: item[k] for k in ("image", "mask", "seg") if item.get(k)}
+
+    def reference(self, item: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(image, seg or None)`` of a subject on the evaluation grid (for figures)."""
+        load = self.load_full or self.load
+        data = load(self._subject(item))
+        seg = data.get("seg")
+        return _np(data["image"]), None if seg is None else _np(seg) > 0
+
+    def __call__(self, item: dict[str, Any]) -> _Volume:
+        data = self.load(self._subject(item))
+        image, mask = data["image"], data["mask"]
+        with torch.no_grad():
+            reconstruction, raw = self.scorer(image, mask)
+        gt_file = item.get("seg") or item["image"]
+        raw = _checked(raw, image, gt_file, "anomaly map", self.scorer.name)
+        if reconstruction is not None:
+            reconstruction = _checked(reconstruction, image, gt_file, "reconstruction", self.scorer.name)
+        seg = data.get("seg")
+        affine = np.asarray(image.affine, dtype=np.float64)
+        image_np, mask_np = _np(image), _np(mask)
+        if self.load_full is not None:
+            full = self.load_full(self._subject(item))
+            shape = tuple(full["image"].shape[1:])
+            raw = _upsample(raw, shape)
+            reconstruction = None if reconstruction is None else _upsample(reconstruction, shape)
+            image_np, mask_np, seg = _np(full["image"]), _np(full["mask"]), full.get("seg")
+            affine = np.asarray(full["image"].affine, dtype=np.float64)
+        seg_np = None if seg is None else _np(seg) > 0
+        scores = postprocess_anomaly_map(raw, mask_np, self.config.postprocess)
+        return _Volume(image_np, mask_np > 0, seg_np, reconstruction, raw, scores, affine)
+
+
+def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().float().numpy()
+    return np.squeeze(np.asarray(x))
+
+
+def _checked(out: Any, image: torch.Tensor, gt_file: str, what: str, method: str) -> np.ndarray:
+    """The scorer's output as a 3-D array on the image grid, or a one-line error naming the file."""
+    arr = _np(torch.as_tensor(out))
+    expected = tuple(image.shape[1:])
+    if arr.shape != expected:
+        raise InputError(
+            gt_file, f"{method}'s {what} has grid {arr.shape}, which differs from the ground truth's {expected}"
+        )
+    if not np.isfinite(arr).all():
+        raise InputError(gt_file, f"{method}'s {what} contains NaN/Inf voxels")
+    return arr.astype(np.float32)
+
+
+def _upsample(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    t = torch.as_tensor(arr, dtype=torch.float32)[None, None]
+    return F.interpolate(t, size=shape, mode="trilinear", align_corners=True)[0, 0].numpy()
+
+
+def _bar(items: Sequence, desc: str, config: EvaluationConfig):
+    return tqdm(items, desc=desc, disable=not config.progress, leave=False)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _find_threshold(
+    scoring: _Scoring, key: str, spec: DatasetSpec, data_root: Path, run_dir: Path
+) -> dict[str, Any]:
+    """Threshold of one unhealthy dataset from its validation split (cached in thresholds.json)."""
+    thresholds_path = run_dir / "thresholds.json"
+    cached = (_read_json(thresholds_path) or {}).get(key)
+    if cached is not None:
+        return cached
+    config = scoring.config
+    items = read_split_csv(split_path(data_root, spec.val_split), data_root)
+    if not items:
+        raise InputError(split_path(data_root, spec.val_split), "validation split is empty")
+    pool = ValidationPool(floor=0.0)
+    cache_dir = run_dir / "nifti" / f"{key}_val"
+    for item in _bar(items, f"{scoring.scorer.name} {spec.label} val", config):
+        map_path, seg_path = cache_dir / f"{item['name']}_anomaly.nii.gz", cache_dir / f"{item['name']}_seg.nii.gz"
+        if map_path.is_file() and seg_path.is_file():
+            scores, _ = read_nifti(map_path, allow_empty=True)
+            seg, _ = read_nifti(seg_path, allow_empty=True)
+        else:
+            vol = scoring(item)
+            if vol.seg is None:
+                raise InputError(item["image"], f"validation subject of {spec.label} has no seg_path")
+            scores, seg = vol.scores, vol.seg.astype(np.uint8)
+            save_nifti(seg, vol.affine, seg_path)
+            save_nifti(scores, vol.affine, map_path)
+        pool.add(scores, seg)
+    try:
+        best = pool.best()
+    except ValueError:
+        raise InputError(
+            split_path(data_root, spec.val_split), "no lesion voxel in the validation split: no threshold"
+        ) from None
+    entry = {
+        "threshold": best.threshold,
+        "val_dice": best.dice,
+        "n_val": pool.n_volumes,
+        "bin_edges": pool.bin_edges(config.pr_bins).tolist(),
+    }
+    all_entries = _read_json(thresholds_path) or {}
+    all_entries[key] = entry
+    save_json(all_entries, thresholds_path)
+    return entry
+
+
+def _test_volume(
+    scoring: _Scoring, item: dict[str, Any], key: str, threshold: float | None, edges: np.ndarray | None, run_dir: Path
+) -> dict[str, Any]:
+    """Score, binarise and measure one test volume; write its NIfTIs; return its record."""
+    config = scoring.config
+    vol = scoring(item)
+    thr = np.inf if threshold is None else threshold
+    prediction = binarize(vol.scores, thr, config.postprocess)
+    metrics = volume_metrics(
+        vol.scores,
+        prediction,
+        vol.seg,
+        vol.mask,
+        image=vol.image,
+        reconstruction=vol.reconstruction,
+        raw_anomaly_map=vol.raw_map,
+        voxels=config.voxels,
+    )
+    record: dict[str, Any] = {
+        "name": item["name"],
+        "dataset": key,
+        **metrics.as_dict(),
+        "threshold": threshold,
+        "image": item["image"],
+        "mask": item.get("mask"),
+        "seg": item.get("seg"),
+    }
+    if edges is not None and vol.seg is not None:
+        pos, neg = pr_histogram(vol.scores, vol.seg, edges, vol.mask if config.voxels == "brain" else None)
+        record["pr_pos"], record["pr_neg"] = pos.tolist(), neg.tolist()
+    if config.save_nifti:
+        folder = run_dir / "nifti" / key
+        if vol.reconstruction is not None:
+            save_nifti(vol.reconstruction.astype(np.float32), vol.affine, folder / f"{item['name']}_reconstruction.nii.gz")
+        save_nifti(vol.scores, vol.affine, folder / f"{item['name']}_anomaly.nii.gz")
+        save_nifti(prediction.astype(np.uint8), vol.affine, folder / f"{item['name']}_prediction.nii.gz")
+    return record
+
+
+def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"n_volumes": len(records)}
+    for column in ("dice", "auprc", "auroc", "best_dice", "l1"):
+        values = np.array([np.nan if r[column] is None else r[column] for r in records], dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        out[column] = {
+            "mean": float(finite.mean()) if finite.size else None,
+            "std": float(finite.std()) if finite.size else None,
+            "n_nan": int(values.size - finite.size),
+        }
+    return out
+
+
+def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def evaluate_method(
+    scorer: AnomalyScorer,
+    data_root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    fold: int = 0,
+    config: EvaluationConfig | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Evaluate ``scorer`` on the data root's splits; resumable per volume.
+
+    Args:
+        scorer: the method (volume in, ``(reconstruction or None, anomaly map)`` out).
+        data_root: data root with ``splits/`` (DESIGN.md layout).
+        out_dir: results root; this run goes to ``out_dir/<scorer.name>/fold<fold>``.
+        fold: the training fold of the checkpoint (a label for the results; Thresh has one fold).
+        config: evaluation settings.
+        extra: free-form facts recorded in ``run.json`` (checkpoint path, t_test, patch size, ...).
+
+    Returns:
+        the run folder.
+    """
+    config = config or EvaluationConfig()
+    data_root = Path(data_root)
+    run_dir = run_dir_for(out_dir, scorer.name, fold)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_json(
+        {"method": scorer.name, "fold": fold, "data_root": str(data_root), "config": asdict(config), **(extra or {})},
+        run_dir / "run.json",
+    )
+    scoring = _Scoring(scorer, config)
+    all_rows: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    for key in config.datasets:
+        spec = DATASETS[key]
+        test_csv = split_path(data_root, spec.test_split)
+        items = read_split_csv(test_csv, data_root)
+        threshold, edges = None, None
+        if spec.unhealthy:
+            entry = _find_threshold(scoring, key, spec, data_root, run_dir)
+            threshold, edges = float(entry["threshold"]), np.asarray(entry["bin_edges"])
+        records = []
+        for item in _bar(items, f"{scorer.name} {spec.label} test", config):
+            record_path = run_dir / "volumes" / key / f"{item['name']}.json"
+            record = _read_json(record_path)
+            if record is None or record.get("threshold") != threshold:
+                record = _test_volume(scoring, item, key, threshold, edges, run_dir)
+                save_json(record, record_path)
+            records.append(record)
+        all_rows.extend(records)
+        summary[key] = {"threshold": threshold, **_summary(records)}
+        if edges is not None:
+            _save_pr(records, edges, run_dir / f"pr_{key}.npz")
+        if config.figures:
+            from pddpm_monai.evaluation.figures import run_figures
+
+            run_figures(run_dir, key, spec.label, records, scorer.name, scoring.reference)
+    _write_csv(all_rows, run_dir / "metrics.csv")
+    save_json(summary, run_dir / "summary.json")
+    return run_dir
+
+
+def _save_pr(records: list[dict[str, Any]], edges: np.ndarray, path: Path) -> None:
+    with_hist = [r for r in records if "pr_pos" in r]
+    if not with_hist:
+        return
+    pos = np.sum([r["pr_pos"] for r in with_hist], axis=0)
+    neg = np.sum([r["pr_neg"] for r in with_hist], axis=0)
+    with atomic_path(path) as tmp:
+        with tmp.open("wb") as f:
+            np.savez(f, pos=pos, neg=neg, edges=edges)
