@@ -44,7 +44,7 @@ SRI24_CHANNELS: dict[str, str] = {"t2": "late", "t1": "spgr", "pd": "erly"}
 #: SRI24 tissue label file (0 background, 1 CSF, 2 GM, 3 WM): its non-zero voxels are the brain mask
 SRI24_TISSUES = "tissues"
 #: file stems tried for a generic (non-SRI24) template folder, e.g. the synthetic cohort's atlas
-GENERIC_IMAGE_STEMS: tuple[str, ...] = ("t2", "template", "atlas", "image")
+GENERIC_IMAGE_STEMS: tuple[str, ...] = ("t2", "template_t2", "template", "atlas", "image")
 GENERIC_MASK_STEMS: tuple[str, ...] = ("mask", "brain_mask", "template_mask", "atlas_mask")
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 
@@ -140,7 +140,7 @@ def resolve_atlas(
     root = Path(source)
     mask_path = Path(mask) if mask is not None else None
     if root.is_file():
-        return Atlas(root, mask_path, channel)
+        return Atlas(root, mask_path or _find_nifti(root.parent, GENERIC_MASK_STEMS), channel)
     if not root.is_dir():
         raise InputError(root, "atlas not found; download SRI24 with `pddpm fetch-atlas --out DIR`")
     image = _find_nifti(root, (SRI24_CHANNELS[channel],))

@@ -1,0 +1,206 @@
+"""Raw dataset -> data root: per subject, resumable, parallel, shardable (``pddpm preprocess``).
+
+Each subject runs the §4.1 chain (:func:`~pddpm_monai.transforms.preprocess.preprocessing_transforms`)
+and writes its volumes and a JSON record (the registration transform, the crop box and the grids
+that :func:`~pddpm_monai.transforms.preprocess.to_native` needs). A subject's outputs appear
+together: volumes are written under temporary names and renamed, the record last; a subject whose
+record and volumes exist is skipped. One failing subject is reported and the run goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import nibabel as nib
+import numpy as np
+
+from pddpm_monai.data.adapters import DATASETS, Subject, find_subjects, output_paths
+from pddpm_monai.data.atlas import Atlas
+from pddpm_monai.transforms.preprocess import (
+    RECORD_KEY,
+    PreprocessConfig,
+    load_subject,
+    preprocessing_transforms,
+)
+from pddpm_monai.utils import InputError, PddpmError, atomic_path, save_json
+
+__all__ = ["Summary", "parse_shard", "shard", "process_subject", "run_preprocess"]
+
+Status = Literal["done", "skipped", "failed"]
+OUTPUT_DTYPES = {"t2": np.float32, "mask": np.uint8, "seg": np.uint8}
+
+
+@dataclass
+class Summary:
+    """Outcome of a preprocessing run: names per status and the reason of each failure."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def add(self, name: str, status: Status, reason: str = "") -> None:
+        if status == "failed":
+            self.failed[name] = reason
+        else:
+            getattr(self, status).append(name)
+
+    def report(self) -> str:
+        """Human-readable summary (one line per failure)."""
+        lines = [
+            f"done {len(self.done)}, skipped {len(self.skipped)} (already finished), failed {len(self.failed)}"
+        ]
+        lines += [f"  FAILED {name}: {reason}" for name, reason in sorted(self.failed.items())]
+        return "\n".join(lines)
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"i/n"`` (0 <= i < n) -> ``(i, n)``; ``None`` -> ``(0, 1)``."""
+    if not text:
+        return 0, 1
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise InputError("--shard", f"expected i/n (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise InputError("--shard", f"shard index must satisfy 0 <= i < n, got {text!r}")
+    return i, n
+
+
+def shard(subjects: Sequence[Subject], index: int, count: int) -> list[Subject]:
+    """Every ``count``-th subject starting at ``index`` (a stable, name-sorted partition)."""
+    return list(subjects[index::count])
+
+
+def is_finished(paths: dict[str, Path]) -> bool:
+    """A subject is finished when its record and all its volumes exist."""
+    return all(p.is_file() for p in paths.values())
+
+
+def process_subject(
+    subject: Subject,
+    data_root: str | os.PathLike,
+    atlas: Atlas,
+    *,
+    device: Literal["cpu", "cuda"] = "cpu",
+    config: PreprocessConfig = PreprocessConfig(),
+) -> Status:
+    """Preprocess one subject into the data root (skip it when finished).
+
+    Raises:
+        PddpmError: bad input or a failed registration (nothing is written for this subject).
+    """
+    paths = output_paths(data_root, subject)
+    if is_finished(paths):
+        return "skipped"
+    spec = DATASETS[subject.dataset]
+    d = load_subject(subject.image, subject.seg)
+    chain = preprocessing_transforms(
+        atlas,
+        skull_stripped=spec.skull_stripped,
+        in_atlas_space=spec.in_atlas_space,
+        device=device,
+        config=config,
+    )
+    d = chain(d)
+    record = dict(d[RECORD_KEY])
+    t2 = d["t2"]
+    affine = np.asarray(t2.affine, dtype=np.float64)
+    record.update(
+        name=subject.name,
+        dataset=subject.dataset,
+        age=subject.age,
+        atlas=atlas.describe(),
+        root_grid={"shape": list(t2.shape[1:]), "affine": affine.tolist()},
+        files={k: str(p.relative_to(data_root)) for k, p in paths.items() if k != "record"},
+    )
+    _write_outputs(d, paths, affine)
+    save_json(record, paths["record"])  # last: marks the subject finished
+    return "done"
+
+
+def _write_outputs(d: dict, paths: dict[str, Path], affine: np.ndarray) -> None:
+    """Write every volume under a temporary name, then rename them all (all or nothing)."""
+    with contextlib.ExitStack() as stack:
+        for key, path in paths.items():
+            if key == "record":
+                continue
+            arr = d[key].detach().cpu().numpy()[0].astype(OUTPUT_DTYPES[key])
+            tmp = stack.enter_context(atomic_path(path))
+            nib.save(nib.Nifti1Image(arr, affine), str(tmp))
+
+
+def _worker_init(threads: int) -> None:
+    import SimpleITK as sitk
+    import torch
+
+    torch.set_num_threads(threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def _run_one(
+    subject: Subject, data_root: str, atlas: Atlas, device: str, config: PreprocessConfig
+) -> tuple[str, Status, str]:
+    try:
+        return subject.name, process_subject(subject, data_root, atlas, device=device, config=config), ""
+    except PddpmError as err:
+        return subject.name, "failed", str(err)
+    except Exception as err:  # one bad subject must not stop the run: report it
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        return subject.name, "failed", f"{subject.image}: {type(err).__name__}: {err} ({where.name})"
+
+
+def run_preprocess(
+    dataset: str,
+    raw_dir: str | os.PathLike,
+    data_root: str | os.PathLike,
+    atlas: Atlas,
+    *,
+    workers: int = 1,
+    shard_spec: tuple[int, int] = (0, 1),
+    device: Literal["cpu", "cuda"] = "cpu",
+    config: PreprocessConfig = PreprocessConfig(),
+    progress: bool = True,
+) -> Summary:
+    """Preprocess every subject of ``dataset`` under ``raw_dir`` (this shard) into ``data_root``.
+
+    Args:
+        dataset: ``"ixi"``, ``"brats21"`` or ``"mslub"``.
+        raw_dir: the raw download.
+        data_root: output data root.
+        atlas: registration target.
+        workers: subjects processed in parallel (processes; CPU threads are split among them).
+        shard_spec: ``(i, n)``: this machine does subjects ``i, i+n, i+2n, ...``.
+        device: HD-BET device.
+        config: preprocessing parameters.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        The :class:`Summary`.
+    """
+    from tqdm import tqdm
+
+    subjects = shard(find_subjects(dataset, raw_dir), *shard_spec)  # type: ignore[arg-type]
+    atlas.image, atlas.mask  # noqa: B018  (validate the atlas once, before any work)
+    summary = Summary()
+    bar = tqdm(total=len(subjects), desc=f"preprocess {dataset}", disable=not progress, file=sys.stderr)
+    if workers <= 1:
+        for subject in subjects:
+            summary.add(*_run_one(subject, str(data_root), atlas, device, config))
+            bar.update()
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(threads,)) as pool:
+            futures = [pool.submit(_run_one, s, str(data_root), atlas, device, config) for s in subjects]
+            for future in as_completed(futures):
+                summary.add(*future.result())
+                bar.update()
+    bar.close()
+    return summary
