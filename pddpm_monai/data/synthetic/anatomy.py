@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -26,7 +27,7 @@ class Atlas:
         gm, wm, csf: tissue probabilities (float32).
         mask: brain mask (float32, 0/1).
         dist_out: distance (mm) from the brain surface outside the brain, 0 inside.
-        dist_ventricle: distance (mm) from the ventricles.
+        dist_ventricle: distance (mm) from the ventricles, on the grid strided by ``EDT_STEP``.
         affine: voxel -> MNI mm of the padded grid.
         ventricle_centre: centroid of the ventricles (MNI mm).
         brain_box: ``(lo, hi)`` voxel bounds of the brain mask on the padded grid.
@@ -61,21 +62,67 @@ class Atlas:
         return aff
 
 
-#: distance maps are computed on a grid this many times coarser, then upsampled (8x less work)
-_EDT_STEP = 2
+#: distance maps are computed on a grid this many times coarser (8x less work)
+EDT_STEP = 2
+_COARSE = (slice(None, None, EDT_STEP),) * 3
+#: nilearn's brain mask: the template (scaled to max 1) above this (``load_mni152_brain_mask``)
+_MASK_THRESHOLD = 0.2
+#: nilearn's bundled ICBM152 2009a files (1 mm)
+_MNI_FILES = {
+    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+}
+
+
+def _mni152_maps(resolution_mm: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """T1 template, GM and WM maps scaled to [0, 1] (float32) and their affine.
+
+    At 1 mm the files bundled in nilearn are read directly with nibabel (as nilearn's
+    ``load_mni152_*`` do, without importing nilearn, which takes seconds); other resolutions go
+    through nilearn's loaders.
+    """
+    import importlib.util
+
+    import nibabel as nib
+
+    if resolution_mm == 1:
+        spec = importlib.util.find_spec("nilearn")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("nilearn is required for the synthetic cohort (pip install nilearn)")
+        folder = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+        imgs = [nib.load(str(folder / _MNI_FILES[k])) for k in ("t1", "gm", "wm")]
+    else:
+        from nilearn import datasets
+
+        imgs = [
+            datasets.load_mni152_template(resolution=resolution_mm),
+            datasets.load_mni152_gm_template(resolution=resolution_mm),
+            datasets.load_mni152_wm_template(resolution=resolution_mm),
+        ]
+    arrays = []
+    for img in imgs:
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        arrays.append(data / data.max())
+    return arrays[0], arrays[1], arrays[2], np.asarray(imgs[0].affine, dtype=np.float64)
 
 
 def _coarse_edt(foreground: np.ndarray, resolution_mm: float) -> np.ndarray:
-    """Euclidean distance (mm) to the nearest background voxel, computed on a coarser grid."""
+    """Euclidean distance (mm) to the nearest background voxel, on the grid strided by ``EDT_STEP``."""
+    return ndimage.distance_transform_edt(
+        foreground[_COARSE], sampling=(resolution_mm * EDT_STEP,) * 3
+    ).astype(np.float32)
+
+
+def _upsample(coarse: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Trilinear upsampling of a map on the ``EDT_STEP``-strided grid back to the full ``shape``."""
     import torch
     import torch.nn.functional as F
 
-    coarse = foreground[::_EDT_STEP, ::_EDT_STEP, ::_EDT_STEP]
-    dist = ndimage.distance_transform_edt(coarse, sampling=(resolution_mm * _EDT_STEP,) * 3)
-    size = [(n - 1) * _EDT_STEP + 1 for n in coarse.shape]
-    full = F.interpolate(torch.as_tensor(dist, dtype=torch.float32)[None, None], size=size, mode="trilinear", align_corners=True)
-    out = np.zeros(foreground.shape, dtype=np.float32)
-    crop = tuple(slice(0, min(a, b)) for a, b in zip(size, foreground.shape))
+    size = [(n - 1) * EDT_STEP + 1 for n in coarse.shape]
+    full = F.interpolate(torch.as_tensor(coarse)[None, None], size=size, mode="trilinear", align_corners=True)
+    out = np.zeros(shape, dtype=np.float32)
+    crop = tuple(slice(0, min(a, b)) for a, b in zip(size, shape))
     out[crop] = full[0, 0].numpy()[crop]
     return out
 
@@ -96,26 +143,20 @@ def load_atlas(resolution_mm: int = AnatomyConfig.resolution_mm, pad_mm: int = A
     Returns:
         the :class:`Atlas`.
     """
-    from nilearn import datasets
-
-    mask_img = datasets.load_mni152_brain_mask(resolution=resolution_mm)
     pad = int(round(pad_mm / resolution_mm))
-
-    def _load(img) -> np.ndarray:
-        return np.pad(np.asarray(img.get_fdata(), dtype=np.float32), pad)
-
-    mask = (_load(mask_img) > 0.5).astype(np.float32)
-    gm = _load(datasets.load_mni152_gm_template(resolution=resolution_mm)) * mask
-    wm = _load(datasets.load_mni152_wm_template(resolution=resolution_mm)) * mask
+    t1, gm, wm, affine = _mni152_maps(resolution_mm)
+    t1, gm, wm = (np.pad(a, pad) for a in (t1, gm, wm))
+    mask = (t1 > _MASK_THRESHOLD).astype(np.float32)
+    gm, wm = gm * mask, wm * mask
     csf = np.clip(1.0 - gm - wm, 0.0, 1.0) * mask
-    affine = np.asarray(mask_img.affine, dtype=np.float64).copy()
+    affine = affine.copy()
     affine[:3, 3] -= affine[:3, :3] @ np.full(3, pad)
     inside = mask > 0
-    dist_out = _coarse_edt(~inside, resolution_mm)
+    dist_out = _upsample(_coarse_edt(~inside, resolution_mm), inside.shape)
     depth = _coarse_edt(inside, resolution_mm)
-    ventricles = (csf > _VENTRICLE_CSF) & (depth > _VENTRICLE_DEPTH_MM)
-    dist_ventricle = _coarse_edt(~ventricles, resolution_mm)
-    centre_vox = np.argwhere(ventricles).mean(axis=0)
+    ventricles = (csf[_COARSE] > _VENTRICLE_CSF) & (depth > _VENTRICLE_DEPTH_MM)
+    dist_ventricle = ndimage.distance_transform_edt(~ventricles, sampling=(resolution_mm * EDT_STEP,) * 3)
+    centre_vox = np.argwhere(ventricles).mean(axis=0) * EDT_STEP
     idx = np.argwhere(inside)
     return Atlas(
         gm=gm,

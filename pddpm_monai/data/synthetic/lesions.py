@@ -197,8 +197,14 @@ def sample_ms_lesions(
     count = int(rng.integers(cfg.count[0], cfg.count[1] + 1))
     lesions = []
     for _ in range(count):
-        pool = periventricular_mm if (rng.uniform() < cfg.periventricular and len(periventricular_mm)) else deep_wm_mm
-        diameter = float(np.clip(cfg.median_diameter_mm * np.exp(0.45 * rng.standard_normal()), *cfg.diameter_mm))
+        pool = (
+            periventricular_mm
+            if (rng.uniform() < cfg.periventricular and len(periventricular_mm))
+            else deep_wm_mm
+        )
+        diameter = float(
+            np.clip(cfg.median_diameter_mm * np.exp(0.45 * rng.standard_normal()), *cfg.diameter_mm)
+        )
         axes = _random_axes(rng, cfg.elongation) * diameter / 2.0
         lesions.append(
             Ovoid(
@@ -238,7 +244,9 @@ def paint_ms(
         rel = (box_points(lo, hi, affine).numpy() - lesion.centre) @ lesion.rotation
         rho = np.linalg.norm(rel / lesion.semi_axes, axis=-1)
         ramp = blend_mm / float(lesion.semi_axes.min())
-        painted = _blend(image[box], np.full(rho.shape, lesion.level * brain_median, np.float32), rho, 1.0, ramp)
+        painted = _blend(
+            image[box], np.full(rho.shape, lesion.level * brain_median, np.float32), rho, 1.0, ramp
+        )
         image[box] = np.maximum(image[box], painted)
         seg[box] |= ((rho < 1.0) & tissue[box]).astype(np.uint8)
     return seg

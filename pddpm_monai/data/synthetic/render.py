@@ -54,7 +54,9 @@ def rotation_matrix(angles_deg: Sequence[float]) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def grid_points(shape: Sequence[int], affine: np.ndarray, start: int = 0, stop: int | None = None) -> torch.Tensor:
+def grid_points(
+    shape: Sequence[int], affine: np.ndarray, start: int = 0, stop: int | None = None
+) -> torch.Tensor:
     """World (mm) positions of the voxels ``[start:stop]`` (first axis) of a grid, shape ``(n, Y, Z, 3)``."""
     stop = shape[0] if stop is None else stop
     axes = [torch.arange(start, stop, dtype=torch.float32)] + [

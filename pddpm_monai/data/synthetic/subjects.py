@@ -12,10 +12,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pddpm_monai.data.synthetic.anatomy import Atlas, load_atlas, t2_contrast
+from pddpm_monai.data.synthetic.anatomy import EDT_STEP, Atlas, load_atlas, t2_contrast
 from pddpm_monai.data.synthetic.config import SkullConfig, SynthConfig, TissueContrast
 from pddpm_monai.data.synthetic.lesions import paint_ms, paint_tumour, sample_ms_lesions, sample_tumour
-from pddpm_monai.data.synthetic.render import Deformation, render, rotation_matrix, smooth_field, upsample_field
+from pddpm_monai.data.synthetic.render import (
+    Deformation,
+    render,
+    rotation_matrix,
+    smooth_field,
+    upsample_field,
+)
 
 __all__ = [
     "Kind",
@@ -38,8 +44,6 @@ _STREAMS = {"healthy": 1, "tumour": 2, "ms": 3, "demographics": 4, "splits": 5}
 _MASK_LEVEL = 0.5
 #: tumour centres: white-matter probability above this, above this MNI z (mm; spares the cerebellum)
 _TUMOUR_MIN_WM, _TUMOUR_MIN_Z_MM = 0.6, 0.0
-#: stride (voxels) of the candidate-centre lists (plenty of candidates, small lists)
-_CANDIDATE_STRIDE = 3
 
 
 @dataclass
@@ -109,7 +113,11 @@ def _deformation(rng: np.random.Generator, atlas: Atlas, cfg: SynthConfig) -> tu
         ventricle_scale=ventricle_scale,
         ventricle_sigma=an.ventricle_sigma_mm,
     )
-    params = {"scale": scale.tolist(), "displacement_mm": an.displacement_mm, "ventricle_scale": ventricle_scale}
+    params = {
+        "scale": scale.tolist(),
+        "displacement_mm": an.displacement_mm,
+        "ventricle_scale": ventricle_scale,
+    }
     return deformation, params
 
 
@@ -136,7 +144,9 @@ def _shells(dist_mm: np.ndarray, rng: np.random.Generator, skull: SkullConfig) -
     return layers.astype(np.float32), {"csf_mm": c, "bone_mm": b - c, "scalp_mm": s - b}
 
 
-def _native_grid(rng: np.random.Generator, centre_mm: np.ndarray, cfg: SynthConfig) -> tuple[tuple, np.ndarray, dict]:
+def _native_grid(
+    rng: np.random.Generator, centre_mm: np.ndarray, cfg: SynthConfig
+) -> tuple[tuple, np.ndarray, dict]:
     """A scanner-like grid: spacing, axis order and flips, field of view centred on the head."""
     sc = cfg.scanner
     spacing = np.asarray(sc.spacings[rng.integers(len(sc.spacings))], dtype=np.float64)
@@ -149,7 +159,12 @@ def _native_grid(rng: np.random.Generator, centre_mm: np.ndarray, cfg: SynthConf
     affine = np.eye(4)
     affine[:3, :3] = direction * spacing
     affine[:3, 3] = centre_mm - affine[:3, :3] @ ((np.asarray(shape) - 1) / 2.0)
-    params = {"spacing": spacing.tolist(), "axis_order": order.tolist(), "flips": signs.tolist(), "shape": shape}
+    params = {
+        "spacing": spacing.tolist(),
+        "axis_order": order.tolist(),
+        "flips": signs.tolist(),
+        "shape": shape,
+    }
     return shape, affine, params
 
 
@@ -208,10 +223,10 @@ def healthy_raw(index: int, seed: int, cfg: SynthConfig = SynthConfig(), *, skul
 def _candidates(resolution_mm: int, pad_mm: int, min_midline_mm: float, ms_min_wm: float, pv_mm: float):
     """Candidate lesion centres (template mm): tumour, periventricular MS, deep-WM MS."""
     atlas = load_atlas(resolution_mm, pad_mm)
-    sl = (slice(None, None, _CANDIDATE_STRIDE),) * 3
+    sl = (slice(None, None, EDT_STEP),) * 3
     vox = np.stack(np.meshgrid(*[np.arange(s)[sl[0]] for s in atlas.shape], indexing="ij"), -1)
     mm = vox @ atlas.affine[:3, :3].T + atlas.affine[:3, 3]
-    wm, dv = atlas.wm[sl], atlas.dist_ventricle[sl]
+    wm, dv = atlas.wm[sl], atlas.dist_ventricle
     tumour = (wm > _TUMOUR_MIN_WM) & (np.abs(mm[..., 0]) > min_midline_mm) & (mm[..., 2] > _TUMOUR_MIN_Z_MM)
     deep = wm > ms_min_wm
     return mm[tumour], mm[deep & (dv < pv_mm)], mm[deep]
@@ -253,7 +268,14 @@ def atlas_subject(
     if tumour is not None:
         deformation.extra.append(tumour.displacement)
     template = template_t2(cfg.anatomy.resolution_mm, cfg.anatomy.pad_mm, cfg.contrast)
-    out = render(np.stack([template, atlas.mask, atlas.gm + atlas.wm]), atlas.affine, shape, affine, np.eye(4), deformation)
+    out = render(
+        np.stack([template, atlas.mask, atlas.gm + atlas.wm]),
+        atlas.affine,
+        shape,
+        affine,
+        np.eye(4),
+        deformation,
+    )
     brain = out[1] > _MASK_LEVEL
     image = out[0] * _texture(rng, shape, cfg) * brain
     median = float(np.median(image[brain]))
@@ -281,5 +303,7 @@ def atlas_subject(
     wm_level = rng.uniform(*cfg.root_wm_level)
     noise = rng.standard_normal(shape, dtype=np.float32) * cfg.atlas_noise
     image = (np.abs(image + noise) * brain * wm_level).astype(np.float32)
-    params.update(kind=kind, index=index, seed=seed, grid=grid, wm_level=wm_level, brain_median_wm_units=median)
+    params.update(
+        kind=kind, index=index, seed=seed, grid=grid, wm_level=wm_level, brain_median_wm_units=median
+    )
     return Subject(image, brain.astype(np.uint8), seg, affine, params)
