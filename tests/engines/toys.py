@@ -1,4 +1,4 @@
-"""Synthetic 2-D "brains" for fast learning tests: a smooth ellipse with smooth internal blobs.
+"""Toys for fast engine tests: tiny methods and synthetic 2-D "brains" (smooth ellipses with blobs).
 
 Healthy images vary in ellipse size and position and in the position and sign of the blobs;
 a lesion is a bright disc (intensity 1, brighter than any healthy tissue) inside the ellipse.
@@ -7,13 +7,40 @@ a lesion is a bright disc (intensity 1, brighter than any healthy tissue) inside
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from pddpm_monai.engines.methods import DDPMMethod, PDDPMMethod, build_method
 
 SIZE = 32
+PATCH = 16
 BRAIN_INTENSITY = 0.5
 BLOB_AMPLITUDE = 0.2
 LESION_INTENSITY = 1.0
 LESION_RADIUS = 4.0
+
+TINY_NET = {
+    "model_channels": 16,
+    "channel_mult": [1, 2],
+    "num_res_blocks": 1,
+    "num_groups": 8,
+    "num_head_channels": 16,
+}
+
+
+def tiny(name: str = "pddpm", **options) -> PDDPMMethod | DDPMMethod:
+    config = {"network": TINY_NET, "t_test": 250, **options}
+    if name == "pddpm":
+        config.setdefault("patch_size", PATCH)
+    return build_method(name, config)
+
+
+def randomize(method: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights everywhere (the UNet's output layer starts at zero: its output would be constant)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in method.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return method
 
 
 def _grid(size: int) -> tuple[Tensor, Tensor]:
