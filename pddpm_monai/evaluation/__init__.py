@@ -6,7 +6,13 @@ Everything after the anomaly map, shared by every method: a method is an
 """
 
 from pddpm_monai.evaluation.evaluate import DATASETS, EvaluationConfig, evaluate_method
-from pddpm_monai.evaluation.metrics import VolumeMetrics, average_precision, dice_score, roc_auc, volume_metrics
+from pddpm_monai.evaluation.metrics import (
+    VolumeMetrics,
+    average_precision,
+    dice_score,
+    roc_auc,
+    volume_metrics,
+)
 from pddpm_monai.evaluation.postprocess import PostprocessConfig, binarize, postprocess_anomaly_map
 from pddpm_monai.evaluation.scorers import AnomalyScorer, ThreshScorer
 from pddpm_monai.evaluation.threshold import ThresholdResult, ValidationPool, best_dice_threshold

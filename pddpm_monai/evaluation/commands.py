@@ -24,7 +24,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     checkpoints = args.checkpoint or []
     if bool(checkpoints) == bool(args.method):
-        raise InputError("--checkpoint/--method", "give either --checkpoint CKPT (repeatable) or --method thresh")
+        raise InputError(
+            "--checkpoint/--method", "give either --checkpoint CKPT (repeatable) or --method thresh"
+        )
     if not Path(args.data_root).is_dir():
         raise InputError(args.data_root, "data root not found")
     config = EvaluationConfig(
@@ -37,12 +39,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     folds = args.fold if args.fold is not None else list(range(max(1, len(checkpoints))))
     if args.method:
-        evaluate_method(ThreshScorer(), args.data_root, args.out, fold=folds[0], config=config, extra={"method_option": args.method})
+        evaluate_method(
+            ThreshScorer(),
+            args.data_root,
+            args.out,
+            fold=folds[0],
+            config=config,
+            extra={"method_option": args.method},
+        )
         return 0
     if len(folds) != len(checkpoints):
         raise InputError("--fold", f"{len(checkpoints)} checkpoint(s) but {len(folds)} fold number(s)")
     for checkpoint, fold in zip(checkpoints, folds):
-        scorer = load_checkpoint_scorer(checkpoint, t_test=args.t_test, patch_size=args.patch_size, device=args.device)
+        scorer = load_checkpoint_scorer(
+            checkpoint, t_test=args.t_test, patch_size=args.patch_size, device=args.device
+        )
         extra = {"checkpoint": str(checkpoint), "t_test": args.t_test, "patch_size": args.patch_size}
         run = evaluate_method(scorer, args.data_root, args.out, fold=fold, config=config, extra=extra)
         print(run)
@@ -78,12 +89,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=CHECKPOINT_FREE_METHODS, help="a method without checkpoint")
     p.add_argument("--data-root", required=True, type=Path, help="data root with splits/")
     p.add_argument("--out", required=True, type=Path, help="results root (<out>/<method>/fold<k>/)")
-    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS), help="datasets to evaluate")
+    p.add_argument(
+        "--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS), help="datasets to evaluate"
+    )
     p.add_argument("--fold", nargs="+", type=int, help="fold number of each checkpoint (default 0, 1, ...)")
     p.add_argument("--t-test", type=int, default=None, help="test timestep (default: the checkpoint's)")
     p.add_argument("--patch-size", type=int, default=None, help="patch size (default: the checkpoint's)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
-    p.add_argument("--grid", choices=("model", "full"), default="model", help="evaluation grid (default model)")
+    p.add_argument(
+        "--grid", choices=("model", "full"), default="model", help="evaluation grid (default model)"
+    )
     p.add_argument("--voxels", choices=("brain", "all"), default="brain", help="voxels ranked by AUPRC/AUROC")
     p.add_argument("--no-nifti", action="store_true", help="do not write per-volume NIfTIs")
     p.add_argument("--no-figures", action="store_true", help="do not draw figures")

@@ -206,7 +206,8 @@ def _checked(out: Any, image: torch.Tensor, gt_file: str, what: str, method: str
     expected = tuple(image.shape[1:])
     if arr.shape != expected:
         raise InputError(
-            gt_file, f"{method}'s {what} has grid {arr.shape}, which differs from the ground truth's {expected}"
+            gt_file,
+            f"{method}'s {what} has grid {arr.shape}, which differs from the ground truth's {expected}",
         )
     if not np.isfinite(arr).all():
         raise InputError(gt_file, f"{method}'s {what} contains NaN/Inf voxels")
@@ -246,7 +247,10 @@ def _find_threshold(
     pool = ValidationPool(floor=0.0)
     cache_dir = run_dir / "nifti" / f"{key}_val"
     for item in _bar(items, f"{scoring.scorer.name} {spec.label} val", config):
-        map_path, seg_path = cache_dir / f"{item['name']}_anomaly.nii.gz", cache_dir / f"{item['name']}_seg.nii.gz"
+        map_path, seg_path = (
+            cache_dir / f"{item['name']}_anomaly.nii.gz",
+            cache_dir / f"{item['name']}_seg.nii.gz",
+        )
         if map_path.is_file() and seg_path.is_file():
             scores, _ = read_nifti(map_path, allow_empty=True)
             seg, _ = read_nifti(seg_path, allow_empty=True)
@@ -277,7 +281,12 @@ def _find_threshold(
 
 
 def _test_volume(
-    scoring: _Scoring, item: dict[str, Any], key: str, threshold: float | None, edges: np.ndarray | None, run_dir: Path
+    scoring: _Scoring,
+    item: dict[str, Any],
+    key: str,
+    threshold: float | None,
+    edges: np.ndarray | None,
+    run_dir: Path,
 ) -> dict[str, Any]:
     """Score, binarise and measure one test volume; write its NIfTIs; return its record."""
     config = scoring.config
@@ -309,7 +318,11 @@ def _test_volume(
     if config.save_nifti:
         folder = run_dir / "nifti" / key
         if vol.reconstruction is not None:
-            save_nifti(vol.reconstruction.astype(np.float32), vol.affine, folder / f"{item['name']}_reconstruction.nii.gz")
+            save_nifti(
+                vol.reconstruction.astype(np.float32),
+                vol.affine,
+                folder / f"{item['name']}_reconstruction.nii.gz",
+            )
         save_nifti(vol.scores, vol.affine, folder / f"{item['name']}_anomaly.nii.gz")
         save_nifti(prediction.astype(np.uint8), vol.affine, folder / f"{item['name']}_prediction.nii.gz")
     return record
@@ -363,7 +376,13 @@ def evaluate_method(
     run_dir = run_dir_for(out_dir, scorer.name, fold)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_json(
-        {"method": scorer.name, "fold": fold, "data_root": str(data_root), "config": asdict(config), **(extra or {})},
+        {
+            "method": scorer.name,
+            "fold": fold,
+            "data_root": str(data_root),
+            "config": asdict(config),
+            **(extra or {}),
+        },
         run_dir / "run.json",
     )
     scoring = _Scoring(scorer, config)

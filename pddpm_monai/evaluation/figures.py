@@ -150,7 +150,9 @@ def plot_ablation(
     return _save(fig, out_path, config)
 
 
-def pick_cases(records: Sequence[Mapping[str, Any]], column: str, *, higher_is_better: bool = True) -> dict[str, Any]:
+def pick_cases(
+    records: Sequence[Mapping[str, Any]], column: str, *, higher_is_better: bool = True
+) -> dict[str, Any]:
     """The best, median and worst records by ``column`` (NaN rows ignored); ``{}`` when none."""
     valid = [r for r in records if r.get(column) is not None and np.isfinite(r[column])]
     if not valid:
@@ -184,7 +186,9 @@ def run_figures(
         precision, recall = pr_curve_from_histogram(data["pos"], data["neg"])
         prevalence = data["pos"].sum() / max(1, data["pos"].sum() + data["neg"].sum())
         written.append(
-            plot_pr_curves({method: (precision, recall)}, figures / f"pr_{key}.png", title=label, prevalence=prevalence)
+            plot_pr_curves(
+                {method: (precision, recall)}, figures / f"pr_{key}.png", title=label, prevalence=prevalence
+            )
         )
     unhealthy = any(r.get("lesion_voxels") for r in records)
     cases = pick_cases(records, "dice" if unhealthy else "l1", higher_is_better=unhealthy)

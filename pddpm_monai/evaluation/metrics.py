@@ -69,7 +69,10 @@ def dice_score(prediction: np.ndarray | torch.Tensor, ground_truth: np.ndarray |
     if pred.shape != gt.shape:
         raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
     metric = DiceMetric(include_background=True, reduction="none", ignore_empty=True)
-    value = metric(torch.as_tensor(pred[None, None], dtype=torch.float32), torch.as_tensor(gt[None, None], dtype=torch.float32))
+    value = metric(
+        torch.as_tensor(pred[None, None], dtype=torch.float32),
+        torch.as_tensor(gt[None, None], dtype=torch.float32),
+    )
     return float(value.reshape(-1)[0])
 
 
@@ -185,7 +188,11 @@ def volume_metrics(
         voxels: which voxels AUPRC/AUROC rank.
     """
     pred = _bool(prediction)
-    l1 = l1_error(image, reconstruction, mask) if reconstruction is not None else l1_error(raw_anomaly_map, 0.0, mask)
+    l1 = (
+        l1_error(image, reconstruction, mask)
+        if reconstruction is not None
+        else l1_error(raw_anomaly_map, 0.0, mask)
+    )
     if ground_truth is None:
         gt = np.zeros_like(pred)
     else:

@@ -68,6 +68,7 @@ def load_checkpoint_scorer(
         from pddpm_monai.engines.checkpoint import load_scorer
     except ImportError as err:
         raise InputError(
-            checkpoint, f"cannot evaluate checkpoints: pddpm_monai.engines.checkpoint.load_scorer is unavailable ({err})"
+            checkpoint,
+            f"cannot evaluate checkpoints: pddpm_monai.engines.checkpoint.load_scorer is unavailable ({err})",
         ) from None
     return load_scorer(checkpoint, t_test=t_test, patch_size=patch_size, device=device)

@@ -61,7 +61,13 @@ def paired_permutation_test(
         return PairedTest(1.0, len(names), 0.0, False)
     p = float(
         permutation_test(
-            a, b, func="x_mean != y_mean", method="approximate", num_rounds=config.rounds, seed=config.seed, paired=True
+            a,
+            b,
+            func="x_mean != y_mean",
+            method="approximate",
+            num_rounds=config.rounds,
+            seed=config.seed,
+            paired=True,
         )
     )
     return PairedTest(p, len(names), diff, p < config.alpha)

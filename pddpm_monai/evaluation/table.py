@@ -120,7 +120,9 @@ def _volume_dice(results: pd.DataFrame, method: str, dataset: str) -> dict[str, 
     return sub.groupby("name")["dice"].mean().to_dict()
 
 
-def significance_tests(results: pd.DataFrame, config: PermutationConfig = PermutationConfig()) -> pd.DataFrame:
+def significance_tests(
+    results: pd.DataFrame, config: PermutationConfig = PermutationConfig()
+) -> pd.DataFrame:
     """Paired permutation tests on per-volume Dice for every pair of methods and unhealthy dataset."""
     rows = []
     methods = sorted(results["method"].unique())
@@ -143,7 +145,9 @@ def significance_tests(results: pd.DataFrame, config: PermutationConfig = Permut
                         "significant": test.significant,
                     }
                 )
-    return pd.DataFrame(rows, columns=["dataset", "method_a", "method_b", "n", "mean_difference", "p_value", "significant"])
+    return pd.DataFrame(
+        rows, columns=["dataset", "method_a", "method_b", "n", "mean_difference", "p_value", "significant"]
+    )
 
 
 def _significant(tests: pd.DataFrame, dataset: str, a: str, b: str) -> bool:
@@ -151,7 +155,10 @@ def _significant(tests: pd.DataFrame, dataset: str, a: str, b: str) -> bool:
         return False
     hit = tests[
         (tests["dataset"] == dataset)
-        & (((tests["method_a"] == a) & (tests["method_b"] == b)) | ((tests["method_a"] == b) & (tests["method_b"] == a)))
+        & (
+            ((tests["method_a"] == a) & (tests["method_b"] == b))
+            | ((tests["method_a"] == b) & (tests["method_b"] == a))
+        )
     ]
     return bool(len(hit) and hit["significant"].iloc[0])
 
@@ -238,7 +245,9 @@ def write_table(
     out_dir = Path(out_dir)
     results = load_results(paths)
     if reference is not None and reference not in set(results["method"]):
-        raise InputError("--reference", f"method {reference!r} is not among {sorted(results['method'].unique())}")
+        raise InputError(
+            "--reference", f"method {reference!r} is not among {sorted(results['method'].unique())}"
+        )
     table = aggregate(results)
     tests = significance_tests(results, config)
     written = {}

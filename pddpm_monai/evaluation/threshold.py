@@ -107,7 +107,9 @@ def _dice_at(s: np.ndarray, y: np.ndarray, t: float, g: int) -> float:
     return 2.0 * float(np.count_nonzero(pred & y)) / (float(np.count_nonzero(pred)) + g)
 
 
-def brute_force_threshold(scores: np.ndarray, labels: np.ndarray, *, floor: float | None = None) -> ThresholdResult:
+def brute_force_threshold(
+    scores: np.ndarray, labels: np.ndarray, *, floor: float | None = None
+) -> ThresholdResult:
     """Reference search: re-threshold for every distinct score (ascending), keep strict improvements."""
     s, y = _flat(scores, labels)
     g = int(np.count_nonzero(y))

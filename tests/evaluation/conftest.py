@@ -31,7 +31,7 @@ SUBJECTS = (
     ("ixi", "IXI_test", "IXI002-Guys-0828", None),
     ("ixi", "IXI_test", "IXI012-HH-1211", None),
 )
-LESION_RADIUS = 6.0
+LESION_RADIUS = 9.0
 
 
 def _ellipsoid(centre, radii) -> np.ndarray:
@@ -68,7 +68,17 @@ def write_root(root: Path, seed: int = 0) -> Path:
         if not healthy:
             save_nifti(seg, AFFINE, root / paths["seg"].lstrip("/"))
         rows = splits.setdefault(split, [])
-        rows.append([len(rows), f"{name}_t2.nii.gz", 50, 0 if healthy else 1, paths["t2"], paths["mask"], "" if healthy else paths["seg"]])
+        rows.append(
+            [
+                len(rows),
+                f"{name}_t2.nii.gz",
+                50,
+                0 if healthy else 1,
+                paths["t2"],
+                paths["mask"],
+                "" if healthy else paths["seg"],
+            ]
+        )
     (root / "splits").mkdir(parents=True, exist_ok=True)
     for split, rows in splits.items():
         with (root / "splits" / f"{split}.csv").open("w", newline="") as f:

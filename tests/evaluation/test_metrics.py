@@ -45,7 +45,9 @@ def test_dice_matches_the_formula(seed):
 @parameterized.expand(SEEDS)
 def test_auprc_and_auroc_match_sklearn(seed):
     scores, gt, mask, _ = _volume(seed)
-    assert average_precision(scores, gt, mask) == pytest.approx(average_precision_score(gt[mask], scores[mask]), abs=1e-6)
+    assert average_precision(scores, gt, mask) == pytest.approx(
+        average_precision_score(gt[mask], scores[mask]), abs=1e-6
+    )
     assert average_precision(scores, gt, voxels="all") == pytest.approx(
         average_precision_score(gt.ravel(), scores.ravel()), abs=1e-6
     )
@@ -59,7 +61,9 @@ def test_empty_ground_truth_gives_nan():
     assert math.isnan(dice_score(np.zeros_like(mask), empty))
     assert math.isnan(average_precision(scores, empty, mask))
     assert math.isnan(roc_auc(scores, empty, mask))
-    m = volume_metrics(scores, scores > 0.5, None, mask, image=scores, reconstruction=None, raw_anomaly_map=scores)
+    m = volume_metrics(
+        scores, scores > 0.5, None, mask, image=scores, reconstruction=None, raw_anomaly_map=scores
+    )
     assert math.isnan(m.dice) and math.isnan(m.auprc) and math.isnan(m.best_dice) and m.lesion_voxels == 0
     assert m.l1 == pytest.approx(scores[mask].mean(), rel=1e-6)
 
@@ -76,7 +80,9 @@ def test_l1_inside_the_mask():
 def test_volume_metrics_best_dice_bounds_dice():
     scores, gt, mask, _ = _volume(1)
     pred = scores > 1.2
-    m = volume_metrics(scores, pred, gt, mask, image=scores, reconstruction=scores * 0.5, raw_anomaly_map=scores)
+    m = volume_metrics(
+        scores, pred, gt, mask, image=scores, reconstruction=scores * 0.5, raw_anomaly_map=scores
+    )
     assert m.best_dice >= m.dice
     assert m.dice == pytest.approx(dice_score(pred, gt))
     assert m.l1 == pytest.approx(np.abs(scores * 0.5)[mask].mean(), rel=1e-6)

@@ -40,7 +40,9 @@ def test_exact_equals_brute_force(seed):
     scores, labels = _data(seed)
     assert best_dice_threshold(scores, labels) == brute_force_threshold(scores, labels)
     floor = float(scores.min()) - 1.0
-    assert best_dice_threshold(scores, labels, floor=floor) == brute_force_threshold(scores, labels, floor=floor)
+    assert best_dice_threshold(scores, labels, floor=floor) == brute_force_threshold(
+        scores, labels, floor=floor
+    )
 
 
 @parameterized.expand(SEEDS)
