@@ -173,6 +173,8 @@ def build_loaders(
     config: TrainConfig,
     train_volumes: Sequence[Mapping[str, Any]],
     val_volumes: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    context: int = 0,
 ) -> tuple[DataLoader, DataLoader | None]:
     """DataLoaders of random training slices and of the fixed validation slices.
 
@@ -180,6 +182,7 @@ def build_loaders(
         config: the run configuration.
         train_volumes: dicts with ``(1, H, W, D)`` ``"image"`` (and optionally ``"mask"``) tensors.
         val_volumes: the same for validation (``None``: no validation).
+        context: neighbouring slices stacked as image channels (a method's ``context_slices``: SVAE).
 
     Returns:
         ``(train_loader, val_loader or None)``; the training dataset is a :class:`RandomSliceDataset`
@@ -190,6 +193,7 @@ def build_loaders(
         slices_per_volume=config.slices_per_volume,
         skip_empty=config.skip_empty_slices,
         seed=config.seed,
+        context=context,
     )
     drop_last = config.drop_last and len(train_ds) >= config.batch_size
     pin = resolve_device(config.device).type == "cuda"
@@ -208,6 +212,7 @@ def build_loaders(
             slices_per_volume=config.val_slices_per_volume,
             skip_empty=config.skip_empty_slices,
             seed=config.seed,
+            context=context,
         )
         val_loader = DataLoader(
             val_ds,
@@ -546,10 +551,11 @@ def prepare_training(
         the trainer, possibly already at its last epoch (then ``trainer.run()`` must not be called;
         :func:`train` checks).
     """
+    method = build_method_for(config)  # first: bad options fail before the volumes are loaded
     if train_volumes is None:
         train_volumes, val_volumes = load_volumes(config)
-    method = build_method_for(config)
-    train_loader, val_loader = build_loaders(config, train_volumes, val_volumes)
+    context = getattr(method, "context_slices", 0)
+    train_loader, val_loader = build_loaders(config, train_volumes, val_volumes, context=context)
     if len(train_loader) == 0:
         raise InputError("--batch-size", "no training batch: fewer training slices than the batch size")
     trainer = build_trainer(config, method, train_loader, val_loader, summary_writer=summary_writer)
