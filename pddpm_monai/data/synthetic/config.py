@@ -33,6 +33,7 @@ class TissueContrast:
         csf: CSF / WM (SRI24 T2: 2.08).
         gm: GM / WM (SRI24 T2: 1.37).
         wm: WM (the unit).
+        sharpness: exponent that sharpens the population-average tissue maps (1: as shipped).
         texture: relative amplitude of a smooth multiplicative tissue texture.
         texture_cells: control points per axis of that texture field.
     """
@@ -40,6 +41,7 @@ class TissueContrast:
     csf: float = 2.08
     gm: float = 1.37
     wm: float = 1.00
+    sharpness: float = 4.0
     texture: float = 0.04
     texture_cells: int = 12
 
@@ -207,6 +209,8 @@ class SynthConfig:
         atlas_noise: Gaussian noise sigma / WM of atlas-space (BraTS/MSLUB-like and root) volumes.
         atlas_bias_amplitude: log bias amplitude of raw atlas-space (BraTS/MSLUB-like) volumes.
         root_shape: shape of data-root volumes.
+        root_render_step: data-root anatomy is rendered every this many voxels and upsampled
+            (2: 8x faster; the model sees the data at 2 mm anyway); lesions are painted at 1 mm.
         root_wm_level: range of the white-matter intensity of data-root volumes.
         age_range: range of the ages written to the demographics sheet.
     """
@@ -220,5 +224,6 @@ class SynthConfig:
     atlas_noise: float = 0.02
     atlas_bias_amplitude: float = 0.08
     root_shape: tuple[int, int, int] = ROOT_SHAPE
+    root_render_step: int = 2
     root_wm_level: tuple[float, float] = (80.0, 160.0)
     age_range: tuple[float, float] = (20.0, 86.0)

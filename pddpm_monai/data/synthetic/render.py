@@ -26,6 +26,7 @@ __all__ = [
     "box_points",
     "upsample_field",
     "source_map",
+    "render_stepped",
 ]
 
 #: output slices rendered at once (bounds the memory of the sampling grid)
@@ -191,6 +192,29 @@ def source_map(
     size = [(k - 1) * SOURCE_STEP + 1 for k in n]
     full = F.interpolate(src.permute(3, 0, 1, 2)[None], size=size, mode="trilinear", align_corners=True)[0]
     return full[:, : out_shape[0], : out_shape[1], : out_shape[2]]
+
+
+def render_stepped(
+    channels: np.ndarray,
+    channel_affine: np.ndarray,
+    out_shape: Sequence[int],
+    out_affine: np.ndarray,
+    world_to_head: np.ndarray,
+    deformation: Warp | None,
+    step: int,
+) -> np.ndarray:
+    """:func:`render` on every ``step``-th output voxel, then trilinear upsampling to ``out_shape``.
+
+    ``step=2`` renders 8x fewer voxels; the template is smooth at 2 mm, so little is lost.
+    """
+    if step <= 1:
+        return render(channels, channel_affine, out_shape, out_affine, world_to_head, deformation)
+    n = [(s - 1 + step - 1) // step + 1 for s in out_shape]
+    coarse_affine = np.asarray(out_affine, dtype=np.float64) @ np.diag([step] * 3 + [1])
+    coarse = render(channels, channel_affine, n, coarse_affine, world_to_head, deformation)
+    size = [(k - 1) * step + 1 for k in n]
+    full = F.interpolate(torch.as_tensor(coarse)[None], size=size, mode="trilinear", align_corners=True)[0]
+    return full[:, : out_shape[0], : out_shape[1], : out_shape[2]].numpy().copy()
 
 
 def upsample_field(field_cp: np.ndarray, shape: Sequence[int]) -> np.ndarray:

@@ -18,6 +18,7 @@ from pddpm_monai.data.synthetic.lesions import paint_ms, paint_tumour, sample_ms
 from pddpm_monai.data.synthetic.render import (
     Deformation,
     render,
+    render_stepped,
     rotation_matrix,
     smooth_field,
     upsample_field,
@@ -76,6 +77,14 @@ def template_t2(resolution_mm: int, pad_mm: int, contrast: TissueContrast) -> np
     return t2_contrast(load_atlas(resolution_mm, pad_mm), contrast)
 
 
+@functools.lru_cache(maxsize=2)
+def _atlas_channels(cfg: SynthConfig) -> np.ndarray:
+    """Template channels of atlas-space subjects: T2, brain mask, tissue (GM + WM) probability."""
+    atlas = _atlas(cfg)
+    template = template_t2(cfg.anatomy.resolution_mm, cfg.anatomy.pad_mm, cfg.contrast)
+    return np.stack([template, atlas.mask, atlas.gm + atlas.wm])
+
+
 def _atlas(cfg: SynthConfig) -> Atlas:
     return load_atlas(cfg.anatomy.resolution_mm, cfg.anatomy.pad_mm)
 
@@ -115,6 +124,7 @@ def _deformation(rng: np.random.Generator, atlas: Atlas, cfg: SynthConfig) -> tu
     )
     params = {
         "scale": scale.tolist(),
+        "scale_centre_mm": atlas.ventricle_centre.tolist(),
         "displacement_mm": an.displacement_mm,
         "ventricle_scale": ventricle_scale,
     }
@@ -267,15 +277,8 @@ def atlas_subject(
     tumour = sample_tumour(rng, tumour_cand, cfg.tumour) if kind == "tumour" else None
     if tumour is not None:
         deformation.extra.append(tumour.displacement)
-    template = template_t2(cfg.anatomy.resolution_mm, cfg.anatomy.pad_mm, cfg.contrast)
-    out = render(
-        np.stack([template, atlas.mask, atlas.gm + atlas.wm]),
-        atlas.affine,
-        shape,
-        affine,
-        np.eye(4),
-        deformation,
-    )
+    step = cfg.root_render_step if grid == "root" else 1
+    out = render_stepped(_atlas_channels(cfg), atlas.affine, shape, affine, np.eye(4), deformation, step)
     brain = out[1] > _MASK_LEVEL
     image = out[0] * _texture(rng, shape, cfg) * brain
     median = float(np.median(image[brain]))
