@@ -637,15 +637,18 @@ class CropToBraind(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
-        mask, _ = _unpack(d[self.mask_key])
+        mask, mask_affine = _unpack(d[self.mask_key])
         if not mask.any():
             raise InputError(_source(d, self.record_key), "empty brain mask: nothing to crop to")
         start = brain_box(mask > 0, self.roi_size)
         for key in self.key_iterator(d):
             arr, aff = _unpack(d[key])
             d[key] = to_metatensor(*crop_or_pad(arr, aff, start, self.roi_size))
+        shift = np.eye(4)
+        shift[:3, 3] = start
         rec = _record(d, self.record_key)
         rec["crop"] = {"start": list(start), "size": list(self.roi_size), "source_shape": list(mask.shape)}
+        rec["root_grid"] = {"shape": list(self.roi_size), "affine": (mask_affine @ shift).tolist()}
         rec.setdefault("steps", []).append("crop")
         return d
 
@@ -772,10 +775,7 @@ def load_subject(
 
 
 def _finish(d: dict, config: PreprocessConfig) -> dict:
-    rec = d[RECORD_KEY]
-    t2 = d["t2"]
-    rec["root_grid"] = {"shape": list(t2.shape[1:]), "affine": np.asarray(t2.affine).tolist()}
-    rec["config"] = asdict(config)
+    d[RECORD_KEY]["config"] = asdict(config)
     return d
 
 
