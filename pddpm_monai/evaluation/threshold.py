@@ -66,24 +66,24 @@ def dice_curve(
         ValueError: when there is no lesion voxel at all (Dice undefined everywhere).
     """
     s, y = _flat(scores, labels)
-    order = np.argsort(-s, kind="stable")
+    order = np.argsort(s)[::-1]  # descending; ties are grouped below, so the sort need not be stable
     s, y = s[order], y[order]
     tp = np.cumsum(y, dtype=np.int64)
-    g = int(tp[-1] if tp.size else 0) + int(extra_positives)
+    n_true = int(tp[-1]) if tp.size else 0
+    g = n_true + int(extra_positives)
     if g == 0:
         raise ValueError("no lesion voxels: the Dice threshold is undefined")
     group_end = np.flatnonzero(np.r_[s[1:] != s[:-1], True]) if s.size else np.zeros(0, np.int64)
-    distinct = s[group_end]
-    # threshold = the next lower distinct score predicts everything down to this group's end
-    thresholds = list(distinct)
-    predicted = [0] + list(group_end[:-1] + 1)
-    true_pos = [0] + list(tp[group_end[:-1]])
+    # threshold = the next lower distinct score predicts everything down to this group's end;
+    # the highest distinct score predicts nothing
+    thresholds = s[group_end].astype(np.float64)
+    predicted = np.r_[0, group_end[:-1] + 1]
+    true_pos = np.r_[0, tp[group_end[:-1]]]
     if floor is not None and (not s.size or floor < s[-1]):
-        thresholds.append(floor)
-        predicted.append(s.size)
-        true_pos.append(int(tp[-1]) if tp.size else 0)
-    p, t = np.asarray(predicted, dtype=np.float64), np.asarray(true_pos, dtype=np.float64)
-    return np.asarray(thresholds, dtype=np.float64), 2.0 * t / (p + g)
+        thresholds = np.r_[thresholds, floor]
+        predicted = np.r_[predicted, s.size]
+        true_pos = np.r_[true_pos, n_true]
+    return thresholds, 2.0 * true_pos.astype(np.float64) / (predicted.astype(np.float64) + g)
 
 
 def best_dice_threshold(
