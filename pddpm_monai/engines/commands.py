@@ -78,7 +78,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--head-channels", type=int, help="channels per attention head (default 64)")
     p.add_argument("--epochs", type=int, help="epochs (default 1600)")
     p.add_argument("--batch-size", type=int, help="slices per batch (default 32)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4, the authors' config)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 0.0001, the authors' config)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
     p.add_argument("--seed", type=int, help="seed of all random draws (default 3141)")
     p.add_argument(

@@ -115,3 +115,36 @@ def test_bad_checkpoint_and_bad_options_are_one_line_errors(data_root, tmp_path,
     code = main(["train", "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")])
     err = capsys.readouterr().err
     assert code == 2 and "data root not found" in err
+
+
+def test_omitted_options_keep_the_dataclass_defaults_and_help_states_them(capsys):
+    from pddpm_monai.cli import build_parser
+    from pddpm_monai.engines.commands import train_config_from_args
+    from pddpm_monai.engines.methods import PDDPMConfig
+    from pddpm_monai.engines.trainer import TrainConfig
+
+    args = build_parser().parse_args(["train", "--data-root", "r", "--out", "o"])
+    config = train_config_from_args(args)
+    assert config == TrainConfig(data_root="r", out_dir="o")
+    args = build_parser().parse_args(
+        ["train", "--data-root", "r", "--out", "o", "--noise", "gaussian", "--channel-mult", "1", "2"]
+    )
+    assert train_config_from_args(args).method_options == {
+        "diffusion.noise_type": "gaussian",
+        "network.channel_mult": [1, 2],
+    }
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    method, train = PDDPMConfig(), TrainConfig()
+    for option, value in (
+        ("--patch-size", method.patch_size),
+        ("--t-test", method.t_test),
+        ("--channels", method.network.model_channels),
+        ("--epochs", train.epochs),
+        ("--batch-size", train.batch_size),
+        ("--lr", train.lr),
+        ("--seed", train.seed),
+        ("--val-slices", train.val_slices_per_volume),
+    ):
+        assert f"{option.upper()[2:].replace('-', '_')} " in text and f"(default {value}" in text, option
