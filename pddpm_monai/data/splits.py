@@ -105,8 +105,9 @@ def stratified_pick(entries: Sequence[RootEntry], k: int, rng: np.random.Generat
     """Pick ``k`` indices whose ages spread like the whole: one at random from each of ``k`` age bins."""
     if k <= 0:
         return []
-    order = _age_order(entries, rng)
-    return [int(rng.choice(block)) for block in np.array_split(order, k) if len(block)]
+    order = np.asarray(_age_order(entries, rng))
+    edges = np.round(np.linspace(0, len(order), k + 1)).astype(int)  # bin sizes interleaved, no drift
+    return [int(rng.choice(order[a:b])) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
 def _count(n: int, fraction: float, *, keep_one_each: bool = True) -> int:
