@@ -114,9 +114,14 @@ def nonempty_slices(
 class _SliceSource:
     """Shared parts: the volumes, the keys, slice extraction and (cached) candidate slices."""
 
-    def __init__(self, volumes: Sequence[Mapping[str, Any]], keys: Sequence[str], skip_empty: bool) -> None:
+    def __init__(
+        self, volumes: Sequence[Mapping[str, Any]], keys: Sequence[str], skip_empty: bool, context: int = 0
+    ) -> None:
         if len(volumes) == 0:
             raise ValueError("no volumes given.")
+        if context < 0:
+            raise ValueError(f"context must be non-negative, got {context}.")
+        self.context = context
         self.volumes = volumes
         self.keys = tuple(keys)
         self.skip_empty = skip_empty
@@ -137,6 +142,12 @@ class _SliceSource:
             for key in self.keys
             if volume.get(key) is not None
         }
+        if self.context:  # the image with its neighbours as channels (edge slices repeated)
+            image = _plain(volume[self.keys[0]])
+            around = np.clip(
+                np.arange(slice_index - self.context, slice_index + self.context + 1), 0, image.shape[-1] - 1
+            )
+            item[self.keys[0]] = image.reshape(-1, *image.shape[-3:])[0][..., around].permute(2, 0, 1).clone()
         item["volume"] = index
         item["slice"] = int(slice_index)
         return item
@@ -157,6 +168,8 @@ class RandomSliceDataset(torch.utils.data.Dataset):
         skip_empty: draw only slices with brain (mask > 0, or image != 0 without a mask).
         seed: seed of the draws.
         shuffle: shuffle the item order per epoch (the volumes' order otherwise).
+        context: also stack this many neighbouring slices on each side of the image as channels,
+            ``(2 * context + 1, H, W)``, edge slices repeated (slice-context SVAE).
 
     Returns items ``{"image": (1, H, W), "mask": (1, H, W), "volume": int, "slice": int}``.
     """
@@ -170,10 +183,11 @@ class RandomSliceDataset(torch.utils.data.Dataset):
         skip_empty: bool = False,
         seed: int = 0,
         shuffle: bool = True,
+        context: int = 0,
     ) -> None:
         if slices_per_volume < 1:
             raise ValueError(f"slices_per_volume must be positive, got {slices_per_volume}.")
-        self.source = _SliceSource(volumes, keys, skip_empty)
+        self.source = _SliceSource(volumes, keys, skip_empty, context)
         self.slices_per_volume = slices_per_volume
         self.seed = seed
         self.shuffle = shuffle
@@ -215,6 +229,7 @@ class AllSlicesDataset(torch.utils.data.Dataset):
             drawn once from ``seed`` (all of them when the volume has fewer).
         skip_empty: use only slices with brain.
         seed: seed of the subset.
+        context: neighbouring slices stacked on each side of the image (see :class:`RandomSliceDataset`).
 
     Returns items as :class:`RandomSliceDataset`, ordered by volume then slice.
     """
@@ -227,10 +242,11 @@ class AllSlicesDataset(torch.utils.data.Dataset):
         slices_per_volume: int | None = None,
         skip_empty: bool = False,
         seed: int = 0,
+        context: int = 0,
     ) -> None:
         if slices_per_volume is not None and slices_per_volume < 1:
             raise ValueError(f"slices_per_volume must be positive or None, got {slices_per_volume}.")
-        self.source = _SliceSource(volumes, keys, skip_empty)
+        self.source = _SliceSource(volumes, keys, skip_empty, context)
         self.index: list[tuple[int, int]] = []
         for v in range(len(volumes)):
             slices = self.source.candidates(v)
