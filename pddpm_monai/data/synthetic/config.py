@@ -78,8 +78,8 @@ class ScannerConfig:
     Args:
         rotation_deg: maximal absolute rotation about each axis of the random rigid pose.
         translation_mm: maximal absolute translation along each axis.
-        spacings: voxel spacings to choose from (mm; the largest is the slice direction).
-        fov_mm: field of view (mm) of the in-plane axes and of the slice axis.
+        spacings: (x, y, z) voxel spacings to choose from (mm; z is the slice thickness of axial slices).
+        fov_mm: field of view (mm) in-plane (x, y) and along the slices (z).
         bias_amplitude: standard deviation of the log bias field.
         bias_cells: control points per axis of the bias field.
         wm_level: range of the white-matter intensity in scanner units.
@@ -97,7 +97,7 @@ class ScannerConfig:
         (0.9, 0.9, 1.5),
         (1.0, 1.0, 1.0),
     )
-    fov_mm: tuple[float, float] = (240.0, 165.0)
+    fov_mm: tuple[float, float] = (240.0, 180.0)
     bias_amplitude: float = 0.18
     bias_cells: int = 4
     wm_level: tuple[float, float] = (250.0, 700.0)

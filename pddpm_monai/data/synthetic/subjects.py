@@ -41,6 +41,8 @@ Grid = Literal["atlas", "root"]
 
 #: stream ids mixed into the seed so that kinds and purposes never share random numbers
 _STREAMS = {"healthy": 1, "tumour": 2, "ms": 3, "demographics": 4, "splits": 5}
+#: a distance (mm) beyond any skull or scalp layer
+_FAR_MM = 100.0
 #: the brain median is taken over voxels whose brain-mask value exceeds this
 _MASK_LEVEL = 0.5
 #: tumour centres: white-matter probability above this, above this MNI z (mm; spares the cerebellum)
@@ -157,13 +159,18 @@ def _shells(dist_mm: np.ndarray, rng: np.random.Generator, skull: SkullConfig) -
 def _native_grid(
     rng: np.random.Generator, centre_mm: np.ndarray, cfg: SynthConfig
 ) -> tuple[tuple, np.ndarray, dict]:
-    """A scanner-like grid: spacing, axis order and flips, field of view centred on the head."""
+    """A scanner-like axial grid: spacing, voxel axis order and flips, field of view centred on the head.
+
+    The slices are axial (thickness along world z, the smaller field of view); which voxel axis holds
+    each world axis, and its direction, is random (as scanners and converters store them).
+    """
     sc = cfg.scanner
-    spacing = np.asarray(sc.spacings[rng.integers(len(sc.spacings))], dtype=np.float64)
-    order = rng.permutation(3)
+    world_spacing = np.asarray(sc.spacings[rng.integers(len(sc.spacings))], dtype=np.float64)
+    world_fov = np.array([sc.fov_mm[0], sc.fov_mm[0], sc.fov_mm[1]])
+    order = rng.permutation(3)  # voxel axis j holds world axis order[j]
     signs = rng.choice([-1.0, 1.0], 3)
-    fov = np.array([sc.fov_mm[0], sc.fov_mm[0], sc.fov_mm[1]])
-    shape = tuple(int(round(f / s)) for f, s in zip(fov, spacing))
+    spacing = world_spacing[order]
+    shape = tuple(int(round(f / s)) for f, s in zip(world_fov[order], spacing))
     direction = np.zeros((3, 3))
     direction[order, np.arange(3)] = signs
     affine = np.eye(4)
@@ -197,12 +204,14 @@ def healthy_raw(index: int, seed: int, cfg: SynthConfig = SynthConfig(), *, skul
     pose[:3, 3] = centre + shift - rot @ centre
     shape, affine, grid_params = _native_grid(rng, centre + shift, cfg)
     template = template_t2(cfg.anatomy.resolution_mm, cfg.anatomy.pad_mm, cfg.contrast)
-    channels = np.stack([template, atlas.mask, atlas.dist_out]) if skull else np.stack([template, atlas.mask])
+    # distances are stored minus _FAR_MM so that the zeros sampled outside the template grid read "far"
+    channels = [template, atlas.mask] + ([atlas.dist_out - _FAR_MM] if skull else [])
+    channels = np.stack(channels)
     out = render(channels, atlas.affine, shape, affine, np.linalg.inv(pose), deformation)
     head = out[0] * _texture(rng, shape, cfg)
     skull_params: dict = {}
     if skull:
-        layers, skull_params = _shells(out[2], rng, cfg.skull)
+        layers, skull_params = _shells(out[2] + _FAR_MM, rng, cfg.skull)
         head = head + (1.0 - np.clip(out[1], 0, 1)) * layers
     wm_level = rng.uniform(*sc.wm_level)
     offset = rng.uniform(*sc.offset)
