@@ -25,7 +25,16 @@ METHOD_OPTIONS = {
     "res_blocks": "network.num_res_blocks",
     "groups": "network.num_groups",
     "head_channels": "network.num_head_channels",
+    # baselines (engines.baselines)
+    "latent_size": "network.latent_size",
+    "ae_channels": "network.channels",
+    "beta": "beta",
+    "context": "context",
+    "gan_iterations": "gan_iterations",
 }
+
+#: the methods ``pddpm train`` offers (the keys of engines.methods.METHODS, without importing torch)
+TRAIN_METHODS = ("pddpm", "ddpm", "ae", "vae", "svae", "dae", "fanogan")
 
 #: ``pddpm train`` options that go to TrainConfig: option dest -> field
 TRAIN_OPTIONS = {
@@ -56,7 +65,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a pDDPM (or DDPM) on the healthy IXI split of a data root",
+        help="train a pDDPM, DDPM or a Table 1 baseline on the healthy IXI split of a data root",
         description="Train with MONAI engines; resumes from <out>/last.pt; writes best.pt (lowest validation "
         "loss), last.pt, train_config.json and TensorBoard logs. Options left out keep the defaults of "
         "TrainConfig and of the method's config.",
@@ -64,7 +73,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", required=True, help="data root (Train/ixi, splits/)")
     p.add_argument("--out", required=True, help="output folder of the run")
     p.add_argument("--fold", type=int, help="cross-validation fold 0-4 (default 0)")
-    p.add_argument("--method", choices=("pddpm", "ddpm"), help="method (default pddpm)")
+    p.add_argument("--method", choices=TRAIN_METHODS, help="method (default pddpm)")
     p.add_argument("--patch-size", type=int, help="patch side on the 96x96 slices (default 48; pddpm)")
     p.add_argument("--t-test", type=int, help="test timestep (default 500)")
     p.add_argument("--sampling", choices=("fixed", "random"), help="training patch positions (default fixed)")
@@ -76,6 +85,18 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--res-blocks", type=int, help="residual blocks per level (default 3)")
     p.add_argument("--groups", type=int, help="GroupNorm groups (default 32)")
     p.add_argument("--head-channels", type=int, help="channels per attention head (default 64)")
+    p.add_argument("--latent-size", type=int, help="latent size (default 128; ae, vae, svae, fanogan)")
+    p.add_argument(
+        "--ae-channels",
+        type=int,
+        nargs="+",
+        help="channels per level (default 32 64 128 256; ae, vae, svae, dae, fanogan)",
+    )
+    p.add_argument("--beta", type=float, help="KL weight beta_VAE (default 0.001; vae, svae)")
+    p.add_argument("--context", type=int, help="neighbouring slices on each side (default 1; svae)")
+    p.add_argument(
+        "--gan-iterations", type=int, help="WGAN-GP iterations before the encoder (default 8000; fanogan)"
+    )
     p.add_argument("--epochs", type=int, help="epochs (default 1600)")
     p.add_argument("--batch-size", type=int, help="slices per batch (default 32)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 0.0001, the authors' config)")

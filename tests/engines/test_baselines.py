@@ -32,8 +32,21 @@ TINY = {
 EPOCHS = 20  # 2 iterations per epoch
 
 
-def test_every_table1_method_is_registered():
-    assert {"pddpm", "ddpm", "ae", "vae", "svae", "dae", "fanogan"} <= set(METHODS)
+def test_every_table1_method_is_registered_and_trainable_from_the_command_line():
+    from pddpm_monai.cli import build_parser
+    from pddpm_monai.engines.commands import TRAIN_METHODS, train_config_from_args
+
+    assert {"pddpm", "ddpm", "ae", "vae", "svae", "dae", "fanogan"} == set(METHODS) == set(TRAIN_METHODS)
+    argv = ["train", "--data-root", "r", "--out", "o", "--method", "svae", "--context", "2", "--beta", "0.01"]
+    argv += ["--latent-size", "32", "--ae-channels", "8", "16"]
+    config = train_config_from_args(build_parser().parse_args(argv))
+    assert config.method == "svae"
+    assert config.method_options == {
+        "context": 2,
+        "beta": 0.01,
+        "network.latent_size": 32,
+        "network.channels": [8, 16],
+    }
 
 
 @pytest.fixture(scope="module")
