@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.data import MetaTensor
 from torch import Tensor
 
 from pddpm_monai.engines.config import apply_overrides
@@ -183,7 +184,7 @@ class VolumeScorer:
     Args:
         method: the trained method.
         name: the scorer's name (tables, file names).
-        device: where the method runs.
+        device: where the method runs (``"auto"``: CUDA when available).
         slice_batch: slices per batch.
         seed: seed of the noise drawn for each volume.
     """
@@ -197,14 +198,17 @@ class VolumeScorer:
         slice_batch: int = 50,
         seed: int = 0,
     ) -> None:
-        self.method = method.to(device).eval()
-        self.name = name
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        self.method = method.to(self.device).eval()
+        self.name = name
         self.slice_batch = slice_batch
         self.seed = seed
 
     def __call__(self, image: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        volume = torch.as_tensor(image).float()
+        volume = torch.as_tensor(image)
+        volume = (volume.as_tensor() if isinstance(volume, MetaTensor) else volume).float()
         if volume.ndim not in (3, 4) or (volume.ndim == 4 and volume.shape[0] != 1):
             raise ValueError(f"expected a (1, H, W, D) or (H, W, D) volume, got shape {tuple(volume.shape)}.")
         out_device = volume.device
@@ -214,10 +218,10 @@ class VolumeScorer:
             return self.method.reconstruct(slices.to(self.device), generator).to(out_device)
 
         recon = torch.as_tensor(reconstruct_volume(volume, slice_fn, slice_batch=self.slice_batch)).float()
-        anomaly = (volume.as_subclass(Tensor) - recon.as_subclass(Tensor)).abs()
+        anomaly = (volume - recon).abs()
         if mask is not None:
             anomaly = anomaly * (torch.as_tensor(mask).to(out_device).reshape(anomaly.shape) > 0)
-        return recon.as_subclass(Tensor), anomaly
+        return recon, anomaly
 
     def __repr__(self) -> str:
         return f"VolumeScorer(name={self.name!r}, method={self.method.name!r}, device={str(self.device)!r})"

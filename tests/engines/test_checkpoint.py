@@ -99,3 +99,15 @@ def test_scorer_reconstructs_every_slice_of_a_volume(saved):
     torch.testing.assert_close(again, recon)  # deterministic per volume
     other_t, _ = load_scorer(path, t_test=50)(volume)
     assert not torch.allclose(other_t, recon)  # t_test override is applied
+
+
+def test_scorer_takes_model_grid_metatensors(saved):
+    from monai.data import MetaTensor
+
+    _, _, path = saved
+    scorer = load_scorer(path, device="auto")
+    volume = torch.rand(1, SIZE, SIZE, 3)
+    recon, amap = scorer(MetaTensor(volume, affine=torch.eye(4) * 2))
+    plain, _ = scorer(volume)
+    assert type(recon) is torch.Tensor and type(amap) is torch.Tensor
+    torch.testing.assert_close(recon, plain)
