@@ -211,6 +211,9 @@ def _checked(out: Any, image: torch.Tensor, gt_file: str, what: str, method: str
         )
     if not np.isfinite(arr).all():
         raise InputError(gt_file, f"{method}'s {what} contains NaN/Inf voxels")
+    if what == "anomaly map" and (arr < 0).any():
+        # the pooled threshold search considers thresholds >= 0 (masked-out voxels score 0)
+        raise InputError(gt_file, f"{method}'s anomaly map has negative scores; scores must be >= 0")
     return arr.astype(np.float32)
 
 

@@ -196,6 +196,18 @@ def test_full_grid_evaluation_upsamples(tiny_root, tmp_path):
     assert all(float(r["dice"]) > 0.5 for r in _rows(run))
 
 
+class NegativeScorer:
+    name = "Negative"
+
+    def __call__(self, image, mask):
+        return None, image - 0.5
+
+
+def test_negative_scores_are_refused(tiny_root, tmp_path):
+    with pytest.raises(InputError, match=r"BraTS2021_00001_seg\.nii\.gz.*negative scores"):
+        evaluate_method(NegativeScorer(), tiny_root, tmp_path, config=_config(datasets=("brats21",)))
+
+
 def test_wrong_grid_names_the_ground_truth(tiny_root, tmp_path):
     with pytest.raises(InputError, match=r"BraTS2021_00001_seg\.nii\.gz.*differs from the ground truth"):
         evaluate_method(WrongGridScorer(), tiny_root, tmp_path, config=_config(datasets=("brats21",)))
