@@ -35,6 +35,7 @@ __all__ = [
     "aggregate",
     "significance_tests",
     "format_markdown",
+    "nan_volumes",
     "write_table",
 ]
 
@@ -170,6 +171,7 @@ def format_markdown(
     reference: str | None = None,
     columns: Sequence[TableColumn] = TABLE_COLUMNS,
     digits: int = 2,
+    nan_volumes: dict[str, int] | None = None,
 ) -> str:
     """Markdown of :func:`aggregate`'s table: best value per column in bold, ``*`` = Dice differs
     significantly (permutation test) from ``reference`` (default: the best Dice of that dataset)."""
@@ -199,7 +201,19 @@ def format_markdown(
     lines.append(
         f"Mean ± std over folds. `*`: Dice differs from {ref_text} (paired permutation test on per-volume Dice, p < 0.05)."
     )
+    if nan_volumes:
+        counts = ", ".join(
+            f"{DATASETS[k].label if k in DATASETS else k} {n}" for k, n in sorted(nan_volumes.items())
+        )
+        lines.append(f"Volumes with empty ground truth (NaN Dice/AUPRC, left out of the means): {counts}.")
     return "\n".join(lines) + "\n"
+
+
+def nan_volumes(results: pd.DataFrame) -> dict[str, int]:
+    """Per unhealthy dataset: how many distinct volumes have NaN Dice (empty ground truth)."""
+    unhealthy = [d for d in results["dataset"].unique() if d not in DATASETS or DATASETS[d].unhealthy]
+    sub = results[results["dataset"].isin(unhealthy) & results["dice"].isna()]
+    return {d: int(sub[sub["dataset"] == d]["name"].nunique()) for d in unhealthy}
 
 
 def _pr_figures(runs: list[Path], out_dir: Path) -> list[Path]:
@@ -252,7 +266,7 @@ def write_table(
     tests = significance_tests(results, config)
     written = {}
     for name, text in (
-        ("table.md", format_markdown(table, tests, reference=reference)),
+        ("table.md", format_markdown(table, tests, reference=reference, nan_volumes=nan_volumes(results))),
         ("table.csv", table.to_csv(index_label="method")),
         ("permutation_tests.csv", tests.to_csv(index=False)),
     ):

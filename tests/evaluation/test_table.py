@@ -87,6 +87,7 @@ def test_significance_and_markdown(results):
     }
     assert "**" in lines["Good"].split("|")[2] and "*" in lines["Bad"].split("|")[2].replace("**", "")
     assert " *" not in lines["Tie"].split("|")[2]
+    assert "empty ground truth (NaN Dice/AUPRC, left out of the means): BraTS21 1." in text
     assert (results / "table" / "permutation_tests.csv").is_file()
 
 
