@@ -1,0 +1,231 @@
+"""Benchmark: batched patched inference vs the authors' sequential loop on a 96 x 96 x 50 volume.
+
+The reference ("sequential", the authors' ``DDPM_2D_patched.test_step``) makes the simplex noise on
+the CPU and moves it to the device, loops over the K patch positions, builds each partly noised
+batch by copying every slice's box in a Python loop, runs the network on all slices, and stitches
+slice by slice. The candidate is ``PatchedDiffusionInferer`` in ``batched`` mode (all B * K partly
+noised copies, chunks of ``max_batch``, noise made on the device), for several ``max_batch``.
+Both see the same noise (the same generator seed), so their outputs must agree; the script prints
+the max abs difference.
+
+Volumes/s are per 50-slice volume. With ``--measure-slices N < 50`` only N slices are run and the
+time is scaled by 50 / N (for the paper-size network on a CPU, which needs minutes per volume).
+
+Examples::
+
+    python benchmarks/bench_inferer.py --network small --max-batch 4,16,64,200
+    python benchmarks/bench_inferer.py --network paper --measure-slices 4 --max-batch 1,4,16 --repeats 1
+    python benchmarks/bench_inferer.py --device cuda --dtype bf16 --channels-last --compile --max-batch 50,100,200
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pddpm_monai.diffusion import DiffusionProcess, patch_grid
+from pddpm_monai.inferers import patched_reconstruction
+from pddpm_monai.networks import DiffusionUNet
+
+NETWORKS = {
+    "paper": {},
+    "small": dict(
+        model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, num_groups=8, num_head_channels=32
+    ),
+}
+VOLUME_SLICES = 50
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+INIT_STD = 0.02
+
+
+@dataclass
+class Timing:
+    name: str
+    seconds_per_volume: float
+    cpu_seconds_per_volume: float
+    output: Tensor
+
+
+def build_network(kind: str, device: str, channels_last: bool, compile_net: bool) -> torch.nn.Module:
+    """The network with its zero-initialised layers randomised (so outputs are non-trivial)."""
+    net = DiffusionUNet(**NETWORKS[kind])
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            if torch.count_nonzero(p) == 0 and p.ndim > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * INIT_STD)
+    net = net.to(device).eval()
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    if compile_net:
+        net = torch.compile(net)
+    return net
+
+
+def with_autocast(
+    network: torch.nn.Module, device: str, dtype: torch.dtype
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """``network`` under autocast to ``dtype`` (plain call for fp32)."""
+
+    def run(x: Tensor, t: Tensor) -> Tensor:
+        context = (
+            torch.autocast(device_type=device, dtype=dtype)
+            if dtype != torch.float32
+            else contextlib.nullcontext()
+        )
+        with context:
+            return network(x, t)
+
+    return run
+
+
+def authors_loop(
+    slices: Tensor,
+    network: Callable[[Tensor, Tensor], Tensor],
+    process: DiffusionProcess,
+    *,
+    t_test: int,
+    patch: int,
+    seed: int,
+) -> Tensor:
+    """The authors' procedure: CPU noise, loop over positions, per-slice box copies and stitching."""
+    generator = torch.Generator().manual_seed(seed)
+    x0 = process.to_model_space(slices)
+    noise = process.noise_like(x0.cpu(), generator=generator).to(slices.device)  # made on the CPU
+    t = torch.full((slices.shape[0],), t_test - 1, device=slices.device, dtype=torch.long)
+    x_t = process.add_noise(x0, noise, t)
+    total, count = torch.zeros_like(x0), torch.zeros_like(x0)
+    for y0, x0_ in patch_grid(*slices.shape[-2:], patch, patch):
+        rows, cols = slice(y0, y0 + patch), slice(x0_, x0_ + patch)
+        noised = x0.clone()
+        for j in range(slices.shape[0]):
+            noised[j, :, rows, cols] = x_t[j, :, rows, cols]
+        prediction = network(noised, t).float()
+        for j in range(slices.shape[0]):
+            total[j, :, rows, cols] += prediction[j, :, rows, cols]
+            count[j, :, rows, cols] += 1
+    return process.from_model_space(total / count)
+
+
+def timed(fn: Callable[[], Tensor], device: str, repeats: int) -> tuple[float, float, Tensor]:
+    """Best wall time and best process CPU time of ``repeats`` runs after a warm-up, and the output.
+
+    The CPU time (all threads of this process) is robust to other processes on a shared machine;
+    the wall time is what a user waits.
+    """
+    output = fn()  # warm-up (and compilation)
+    best_wall, best_cpu = float("inf"), float("inf")
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start, start_cpu = time.perf_counter(), time.process_time()
+        output = fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best_wall = min(best_wall, time.perf_counter() - start)
+        best_cpu = min(best_cpu, time.process_time() - start_cpu)
+    return best_wall, best_cpu, output
+
+
+def describe_device(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"{name}, {torch.get_num_threads()} threads"
+
+
+def report(timing: Timing, base: Timing) -> None:
+    """One markdown table row: time, throughput, speed-up and output difference against ``base``."""
+    diff = (timing.output.float() - base.output.float()).abs().max().item()
+    print(
+        f"| {timing.name} | {timing.seconds_per_volume:.3f} | {1 / timing.seconds_per_volume:.3f} | "
+        f"{base.seconds_per_volume / timing.seconds_per_volume:.2f}x | {timing.cpu_seconds_per_volume:.2f} | "
+        f"{base.cpu_seconds_per_volume / timing.cpu_seconds_per_volume:.2f}x | {diff:.2e} |",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--network", default="paper", choices=sorted(NETWORKS))
+    parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--patch", type=int, default=48)
+    parser.add_argument("--t-test", type=int, default=500)
+    parser.add_argument(
+        "--measure-slices", type=int, default=VOLUME_SLICES, help="slices run; time scaled to 50"
+    )
+    parser.add_argument("--max-batch", default="16,64,200", help="comma-separated max_batch values")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device, dtype = args.device, DTYPES[args.dtype]
+    torch.manual_seed(args.seed)
+    slices = torch.rand(args.measure_slices, 1, args.size, args.size, device=device)
+    process = DiffusionProcess()
+    network = with_autocast(
+        build_network(args.network, device, args.channels_last, args.compile), device, dtype
+    )
+    scale = VOLUME_SLICES / args.measure_slices
+    num_positions = len(patch_grid(args.size, args.size, args.patch, args.patch))
+
+    print(
+        f"device: {describe_device(device)}; dtype {args.dtype}; channels_last {args.channels_last}; "
+        f"compile {args.compile}; network {args.network}; {args.size}x{args.size}x{VOLUME_SLICES} volume, "
+        f"patch {args.patch} (K={num_positions}); measured on {args.measure_slices} slices, "
+        f"best of {args.repeats}; torch {torch.__version__}"
+    )
+    print(
+        "| mode | wall s/volume | volumes/s | wall speed-up | CPU s/volume | CPU speed-up "
+        "| max abs diff vs sequential |"
+    )
+    print("|---|---|---|---|---|---|---|", flush=True)
+    with torch.inference_mode():
+        wall, cpu, reference = timed(
+            lambda: authors_loop(
+                slices, network, process, t_test=args.t_test, patch=args.patch, seed=args.seed
+            ),
+            device,
+            args.repeats,
+        )
+        base = Timing("sequential (authors' loop)", wall * scale, cpu * scale, reference)
+        report(base, base)
+        for max_batch in (int(v) for v in args.max_batch.split(",")):
+            wall, cpu, output = timed(
+                lambda mb=max_batch: patched_reconstruction(
+                    slices,
+                    network,
+                    process,
+                    t_test=args.t_test,
+                    patch_size=args.patch,
+                    max_batch=mb,
+                    generator=torch.Generator().manual_seed(args.seed),
+                ),
+                device,
+                args.repeats,
+            )
+            report(Timing(f"batched, max_batch={max_batch}", wall * scale, cpu * scale, output), base)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
