@@ -1,9 +1,141 @@
-"""``pddpm`` sub-commands of this stage (registered by :mod:`pddpm_monai.cli`)."""
+"""``pddpm detect`` and ``pddpm demo`` (registered by :mod:`pddpm_monai.cli`).
+
+Thin wrappers over :func:`~pddpm_monai.pipeline.detect.detect_scan` and
+:func:`~pddpm_monai.pipeline.demo.run_demo`; options left out keep the defaults of
+:class:`~pddpm_monai.pipeline.detect.DetectConfig` / :class:`~pddpm_monai.pipeline.demo.DemoConfig`.
+Heavy imports happen inside the commands so that ``pddpm --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from pddpm_monai.utils import InputError
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register this stage's sub-commands (none yet)."""
+    """Register ``detect`` and ``demo``."""
+    _add_detect(subparsers)
+    _add_demo(subparsers)
+
+
+def _add_detect(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "detect",
+        help="anomaly map + lesion mask of one raw scan, in its native space",
+        description="Preprocess one raw T2 scan (HD-BET unless --skull-stripped, registration to the atlas, "
+        "crop, N4), run the trained model patch by patch, post-process, and map the anomaly map and the "
+        "binary lesion mask back onto the scan's own grid (same shape and affine). Writes "
+        "<name>_{anomaly,lesions,brain}.nii.gz, <name>_report.png and <name>_summary.json.",
+    )
+    p.add_argument("scan", type=Path, help="raw T2 NIfTI (any orientation and spacing)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="trained checkpoint (best.pt of `pddpm train`)")
+    source.add_argument("--bundle", type=Path, help="a bundle folder (uses its models/model.pt)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument(
+        "--skull-stripped", action="store_true", help="the scan is already skull-stripped (no HD-BET)"
+    )
+    p.add_argument(
+        "--atlas", default=None, help="atlas the model's data were registered to (default: $PDDPM_ATLAS)"
+    )
+    p.add_argument(
+        "--atlas-channel", choices=("t2", "t1", "pd"), default="t2", help="SRI24 channel (default t2)"
+    )
+    p.add_argument("--atlas-mask", default=None, help="atlas brain mask (default: SRI24 tissues > 0)")
+    p.add_argument("--threshold", type=float, default=None, help="threshold of the post-processed map")
+    p.add_argument(
+        "--thresholds",
+        type=Path,
+        default=None,
+        help="thresholds.json of `pddpm evaluate` (default: beside the checkpoint)",
+    )
+    p.add_argument(
+        "--dataset", default=None, help="which validation set's threshold to use (default brats21)"
+    )
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), default=None, help="HD-BET and network device (default cpu)"
+    )
+    p.add_argument("--t-test", type=int, default=None, help="test timestep (default: the checkpoint's)")
+    p.add_argument(
+        "--patch-size", type=int, default=None, help="patch size (pddpm; default: the checkpoint's)"
+    )
+    p.add_argument("--hd-bet-mode", choices=("fast", "accurate"), default="fast", help="1 or 5 HD-BET folds")
+    p.add_argument("--overwrite", action="store_true", help="recompute when the outputs exist")
+    p.set_defaults(func=run_detect)
+
+
+def detect_config_from_args(args: argparse.Namespace):
+    """The :class:`~pddpm_monai.pipeline.detect.DetectConfig` that ``pddpm detect`` options describe."""
+    from pddpm_monai.pipeline.detect import DetectConfig
+
+    config = DetectConfig()
+    changes = {
+        "skull_stripped": args.skull_stripped,
+        "overwrite": args.overwrite,
+        "threshold": args.threshold,
+        "thresholds_file": None if args.thresholds is None else str(args.thresholds),
+    }
+    for name in ("dataset", "device", "t_test", "patch_size"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    if args.hd_bet_mode == "accurate":
+        changes["preprocess"] = dataclasses.replace(config.preprocess, hd_bet_folds=(0, 1, 2, 3, 4))
+    return dataclasses.replace(config, **changes)
+
+
+def run_detect(args: argparse.Namespace) -> int:
+    """``pddpm detect``: prints the outputs and the summary's key figures."""
+    from pddpm_monai.data.atlas import resolve_atlas
+    from pddpm_monai.pipeline.detect import bundle_checkpoint, detect_scan
+
+    checkpoint = bundle_checkpoint(args.bundle) if args.bundle is not None else args.checkpoint
+    atlas = resolve_atlas(args.atlas, channel=args.atlas_channel, mask=args.atlas_mask)
+    result = detect_scan(
+        args.scan, args.out, checkpoint=checkpoint, atlas=atlas, config=detect_config_from_args(args)
+    )
+    s = result.summary
+    if result.skipped:
+        print(f"{result.paths['summary']}: finished before, skipped (use --overwrite to recompute)")
+    print(
+        f"{s['n_components']} lesion component(s), {s['lesion_volume_ml']:.2f} ml "
+        f"(threshold {s['threshold']:.4g} from {s['threshold_source']})"
+    )
+    for kind, path in result.paths.items():
+        print(f"{kind:8s} {path}")
+    return 0
+
+
+def _add_demo(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="the whole pipeline on an offline synthetic cohort, with a report (resumable)",
+        description="Synthetic raw cohort -> preprocess -> splits -> train pDDPM, DDPM (and AE) -> patched "
+        "inference -> evaluation -> Table-1-style table -> report.md/report.html. Re-running reuses "
+        "finished stages.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument(
+        "--quick", action="store_true", help="a much smaller run (about a minute; what the test runs)"
+    )
+    p.add_argument("--device", default=None, help="auto, cpu, cuda (default auto)")
+    p.add_argument("--workers", type=int, default=None, help="processes for synthesis/preprocessing")
+    p.add_argument("--seed", type=int, default=None, help="seed of the cohort and the training")
+    p.set_defaults(func=run_demo_command)
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    """``pddpm demo``: run (or resume) the demo and print the table and where the outputs are."""
+    from pddpm_monai.pipeline.demo import DemoConfig, run_demo
+
+    config = DemoConfig.quick() if args.quick else DemoConfig()
+    changes = {k: getattr(args, k) for k in ("device", "workers", "seed") if getattr(args, k) is not None}
+    if changes.get("workers", 1) < 1:
+        raise InputError("--workers", f"must be >= 1, got {changes['workers']}")
+    result = run_demo(args.out, dataclasses.replace(config, **changes))
+    print(result.table_markdown, end="")
+    print(json.dumps({k: str(v) for k, v in result.outputs.items()}, indent=2))
+    return 0

@@ -1,0 +1,449 @@
+"""``pddpm detect``: anomaly map and lesion mask of one new scan, in the scan's native space.
+
+The chain, for one raw scan of any orientation and spacing:
+
+1. validate the scan (:func:`~pddpm_monai.utils.read_nifti`: NIfTI, 3-D, finite, not empty) and the
+   checkpoint (:func:`~pddpm_monai.engines.checkpoint.load_scorer`: a pddpm-monai checkpoint whose
+   weights fit its method and whose patches fit the model grid);
+2. paper §4.1 preprocessing (:func:`~pddpm_monai.transforms.preprocess.preprocess_scan`: 1 mm,
+   HD-BET unless ``skull_stripped``, affine registration to the atlas, crop to 192x192x160, N4),
+   cached in ``<out>/<name>_preprocessed/`` so that a re-run (e.g. with another threshold) skips it;
+3. the model grid (:func:`~pddpm_monai.transforms.loading.model_grid_transforms`, 96x96x50) and
+   patched inference (the checkpoint's scorer);
+4. post-processing as in the evaluation (eroded brain mask, median filter, threshold, small
+   components removed: :mod:`pddpm_monai.evaluation.postprocess`);
+5. back to the native grid: model grid -> data-root grid (world coordinates) -> inverse registration
+   and crop (:func:`~pddpm_monai.transforms.preprocess.to_native`); the outputs have the input's
+   shape and affine, so ITK-SNAP and 3D Slicer overlay them on the scan.
+
+Outputs in ``out_dir`` (``<name>`` = the scan's file name without ``.nii[.gz]``)::
+
+    <name>_anomaly.nii.gz      post-processed anomaly map (float32, native grid)
+    <name>_lesions.nii.gz      binary lesion mask (uint8, native grid, inside the brain)
+    <name>_brain.nii.gz        brain mask of the preprocessing (uint8, native grid)
+    <name>_report.png          axial / coronal / sagittal slices through the largest lesion
+    <name>_summary.json        lesion volume (ml), components, threshold and its source, model, version
+
+The threshold comes from ``--threshold``, else from the ``thresholds.json`` that ``pddpm evaluate``
+writes in its run folder (the Dice-optimal threshold on the validation set of ``dataset``), given
+explicitly or found beside the checkpoint; the summary says which.
+
+Example:
+    >>> result = detect_scan("sub-01_T2w.nii.gz", "out", checkpoint="runs/pddpm/best.pt",
+    ...                      atlas=resolve_atlas("sri24"), config=DetectConfig(threshold=0.12))  # doctest: +SKIP
+    >>> result.summary["lesion_volume_ml"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from pddpm_monai import __version__
+from pddpm_monai.evaluation.postprocess import PostprocessConfig, binarize, postprocess_anomaly_map
+from pddpm_monai.transforms.loading import ModelGridConfig
+from pddpm_monai.transforms.preprocess import Device, PreprocessConfig, to_native
+from pddpm_monai.utils import InputError, read_nifti, save_json, save_nifti
+
+__all__ = [
+    "DetectConfig",
+    "DetectResult",
+    "THRESHOLD_FILES",
+    "BUNDLE_CHECKPOINT",
+    "scan_name",
+    "output_paths",
+    "resolve_threshold",
+    "bundle_checkpoint",
+    "model_grid_to_native",
+    "lesion_statistics",
+    "detect_scan",
+]
+
+#: threshold files looked for beside a checkpoint (``pddpm evaluate`` writes ``thresholds.json``)
+THRESHOLD_FILES: tuple[str, ...] = ("thresholds.json", "threshold.json")
+#: the checkpoint of a bundle folder (MONAI bundle convention)
+BUNDLE_CHECKPOINT = Path("models") / "model.pt"
+#: components are counted with the 26-neighbourhood, as the evaluation's post-processing
+COMPONENT_CONNECTIVITY = 3
+#: cubic millimetres per millilitre
+MM3_PER_ML = 1000.0
+#: names of the outputs, by kind
+OUTPUT_SUFFIXES: dict[str, str] = {
+    "anomaly": "_anomaly.nii.gz",
+    "lesions": "_lesions.nii.gz",
+    "brain": "_brain.nii.gz",
+    "report": "_report.png",
+    "summary": "_summary.json",
+}
+PREPROCESSED_FILES: dict[str, str] = {"t2": "t2.nii.gz", "mask": "mask.nii.gz", "record": "record.json"}
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Every default of ``pddpm detect`` in one place.
+
+    Attributes:
+        skull_stripped: the scan is already skull-stripped (no HD-BET; brain = non-zero voxels).
+        threshold: explicit threshold of the post-processed map (``None``: from a thresholds file).
+        thresholds_file: a ``thresholds.json`` of ``pddpm evaluate`` (or ``{"threshold": x}``);
+            ``None``: look beside the checkpoint.
+        dataset: key of the thresholds file to use (the validation set the threshold was tuned on).
+        device: where HD-BET and the network run (``"cpu"`` or ``"cuda"``).
+        t_test: test timestep instead of the checkpoint's (``None``: keep it).
+        patch_size: patch size instead of the checkpoint's (pDDPM; ``None``: keep it).
+        seed: seed of the test-time noise (the same scan always gets the same map).
+        slice_batch: axial slices per network batch.
+        smooth: apply the loader's CurvatureFlow, as in training and evaluation.
+        mask_level: the binary lesion mask is resampled linearly and kept where it is ``>= mask_level``.
+        overwrite: recompute even when the summary of this scan exists.
+        preprocess: the preprocessing chain (HD-BET folds, registration, N4).
+        loading: the model-grid settings (must be the training's).
+        postprocess: erosion, median filter and connected components (must be the evaluation's).
+    """
+
+    skull_stripped: bool = False
+    threshold: float | None = None
+    thresholds_file: str | None = None
+    dataset: str = "brats21"
+    device: Device = "cpu"
+    t_test: int | None = None
+    patch_size: int | None = None
+    seed: int = 0
+    slice_batch: int = 50
+    smooth: bool = True
+    mask_level: float = 0.5
+    overwrite: bool = False
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    loading: ModelGridConfig = field(default_factory=ModelGridConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+
+
+@dataclass
+class DetectResult:
+    """What :func:`detect_scan` produced: the output paths and the summary (as written)."""
+
+    paths: dict[str, Path]
+    summary: dict[str, Any]
+    skipped: bool = False
+
+
+def scan_name(path: str | os.PathLike) -> str:
+    """The scan's file name without ``.nii.gz`` / ``.nii`` (the prefix of every output)."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def output_paths(scan: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """The output files of ``scan`` in ``out_dir``, by kind (see the module docstring)."""
+    name = scan_name(scan)
+    return {kind: Path(out_dir) / f"{name}{suffix}" for kind, suffix in OUTPUT_SUFFIXES.items()}
+
+
+def bundle_checkpoint(bundle_dir: str | os.PathLike) -> Path:
+    """The checkpoint of a bundle folder (``models/model.pt``); one-line error when absent."""
+    path = Path(bundle_dir) / BUNDLE_CHECKPOINT
+    if not Path(bundle_dir).is_dir():
+        raise InputError(bundle_dir, "bundle folder not found")
+    if not path.is_file():
+        raise InputError(path, "the bundle has no trained model: train it or copy a checkpoint there")
+    return path
+
+
+# --------------------------------------------------------------------------------------- threshold
+
+
+def _threshold_from_file(path: Path, dataset: str) -> float:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(path, f"not a readable thresholds JSON ({err})") from None
+    if isinstance(data, dict) and isinstance(data.get("threshold"), int | float):
+        return float(data["threshold"])
+    if not isinstance(data, dict) or not data:
+        raise InputError(path, "expected {dataset: {threshold: ...}} as written by `pddpm evaluate`")
+    entry = data.get(dataset)
+    if entry is None and len(data) == 1:
+        entry = next(iter(data.values()))
+    if not isinstance(entry, dict) or not isinstance(entry.get("threshold"), int | float):
+        raise InputError(path, f"no threshold for dataset {dataset!r} (has: {', '.join(sorted(data))})")
+    return float(entry["threshold"])
+
+
+def resolve_threshold(
+    checkpoint: str | os.PathLike,
+    *,
+    threshold: float | None = None,
+    thresholds_file: str | os.PathLike | None = None,
+    dataset: str = "brats21",
+) -> tuple[float, str]:
+    """The threshold of the post-processed anomaly map and where it came from.
+
+    Order: an explicit ``threshold``; else ``thresholds_file``; else a ``thresholds.json`` /
+    ``threshold.json`` beside the checkpoint.
+
+    Args:
+        checkpoint: the checkpoint (its folder is searched).
+        threshold: explicit value.
+        thresholds_file: a ``thresholds.json`` of ``pddpm evaluate`` or ``{"threshold": x}``.
+        dataset: key of the thresholds file (the validation set).
+
+    Returns:
+        ``(threshold, source)``; ``source`` is ``"--threshold"`` or the file (and dataset) used.
+
+    Raises:
+        InputError: no threshold anywhere, or an unreadable/incomplete thresholds file.
+    """
+    if threshold is not None:
+        if not np.isfinite(threshold):
+            raise InputError("--threshold", f"must be a finite number, got {threshold}")
+        return float(threshold), "--threshold"
+    if thresholds_file is not None:
+        path = Path(thresholds_file)
+        if not path.is_file():
+            raise InputError(path, "thresholds file not found")
+        return _threshold_from_file(path, dataset), f"{path} ({dataset} validation)"
+    for name in THRESHOLD_FILES:
+        path = Path(checkpoint).parent / name
+        if path.is_file():
+            return _threshold_from_file(path, dataset), f"{path} ({dataset} validation)"
+    raise InputError(
+        checkpoint,
+        "no threshold: pass --threshold VALUE, or --thresholds RUN/thresholds.json written by "
+        "`pddpm evaluate` (or put that file beside the checkpoint)",
+    )
+
+
+# --------------------------------------------------------------------------------------- geometry
+
+
+def model_grid_to_native(
+    volume: np.ndarray, affine: np.ndarray, record: dict[str, Any], *, mode: str = "linear"
+) -> np.ndarray:
+    """Map a model-grid volume (any grid inside the data-root space) onto the native scan grid.
+
+    The volume is first resampled onto the data-root grid through world coordinates (zero outside
+    the model grid's field of view), then :func:`~pddpm_monai.transforms.preprocess.to_native`
+    undoes the crop and the registration.
+
+    Args:
+        volume: 3-D array on the grid of ``affine`` (RAS, as nibabel).
+        affine: its affine in the data-root world.
+        record: the preprocessing record (``root_grid``, ``native``, ``registration``).
+        mode: ``"linear"`` or ``"nearest"``.
+
+    Returns:
+        the array on the native grid (``record["native"]["shape"]``).
+    """
+    import SimpleITK as sitk
+
+    from pddpm_monai.transforms.preprocess import array_to_sitk, sitk_to_array
+
+    root = record["root_grid"]
+    moving = array_to_sitk(np.asarray(volume, dtype=np.float32), np.asarray(affine, dtype=np.float64))
+    reference = array_to_sitk(np.zeros(root["shape"], dtype=np.uint8), np.asarray(root["affine"]))
+    interp = sitk.sitkNearestNeighbor if mode == "nearest" else sitk.sitkLinear
+    on_root = sitk.Resample(moving, reference, sitk.Transform(), interp, 0.0, sitk.sitkFloat32)
+    return to_native(sitk_to_array(on_root)[0], record, mode=mode)[0]  # type: ignore[arg-type]
+
+
+def lesion_statistics(lesions: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
+    """Volume (ml), number of 26-connected components and the largest one of a binary mask.
+
+    Returns:
+        ``lesion_volume_ml``, ``n_components``, ``largest_component_ml``, ``component_volumes_ml``
+        (descending), ``largest_component_centroid_voxel`` (or ``None``).
+    """
+    voxel_ml = abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / MM3_PER_ML
+    structure = ndimage.generate_binary_structure(3, COMPONENT_CONNECTIVITY)
+    labels, n = ndimage.label(np.asarray(lesions) > 0, structure=structure)
+    sizes = np.bincount(labels.ravel())[1:]
+    order = np.argsort(-sizes, kind="stable")
+    centroid = None
+    if n:
+        centroid = [round(float(c), 2) for c in ndimage.center_of_mass(labels == order[0] + 1)]
+    return {
+        "lesion_volume_ml": round(float(sizes.sum() * voxel_ml), 4),
+        "n_components": int(n),
+        "largest_component_ml": round(float(sizes[order[0]] * voxel_ml), 4) if n else 0.0,
+        "component_volumes_ml": [round(float(sizes[i] * voxel_ml), 4) for i in order],
+        "largest_component_centroid_voxel": centroid,
+        "voxel_ml": voxel_ml,
+    }
+
+
+# ------------------------------------------------------------------------------------ the stages
+
+
+def _load_scorer(checkpoint: Path, config: DetectConfig) -> Any:
+    """The checkpoint's scorer; refuses patches that do not fit the model grid."""
+    from pddpm_monai.engines.checkpoint import load_scorer
+
+    scorer = load_scorer(
+        checkpoint,
+        t_test=config.t_test,
+        patch_size=config.patch_size,
+        device=config.device,
+        slice_batch=config.slice_batch,
+        seed=config.seed,
+    )
+    patch = getattr(scorer.method.config, "patch_size", None)
+    side = int(min(config.loading.crop_size[:2]) // config.loading.downsample)
+    if patch is not None and int(patch) > side:
+        raise InputError(
+            checkpoint,
+            f"patch size {patch} does not fit the {side}x{side} model grid: the checkpoint was "
+            "trained for another image size",
+        )
+    return scorer
+
+
+def _preprocessed(
+    scan: Path, work: Path, atlas: Any, config: DetectConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """``(t2, mask, affine, record)`` on the data-root grid, cached in ``work``."""
+    from pddpm_monai.transforms.preprocess import preprocess_scan
+
+    paths = {k: work / v for k, v in PREPROCESSED_FILES.items()}
+    if not config.overwrite and all(p.is_file() for p in paths.values()):
+        record = json.loads(paths["record"].read_text())
+        if record.get("source") == str(scan) and record.get("skull_stripped") == config.skull_stripped:
+            t2, affine = read_nifti(paths["t2"])
+            mask, _ = read_nifti(paths["mask"], dtype=np.uint8)
+            return t2, mask, affine, record
+    t2, mask, affine, record = preprocess_scan(
+        scan,
+        atlas=atlas,
+        skull_stripped=config.skull_stripped,
+        device=config.device,
+        config=config.preprocess,
+    )
+    record = {**record, "skull_stripped": config.skull_stripped, "atlas": atlas.describe()}
+    save_nifti(t2.astype(np.float32), affine, paths["t2"])
+    save_nifti(mask.astype(np.uint8), affine, paths["mask"])
+    save_json(record, paths["record"])  # last: marks the cache complete
+    return t2, mask, affine, record
+
+
+def _model_grid(t2: np.ndarray, mask: np.ndarray, affine: np.ndarray, config: DetectConfig) -> dict[str, Any]:
+    """The data-root volumes on the model grid (the loader of training and evaluation)."""
+    from pddpm_monai.transforms.loading import model_grid_transforms
+    from pddpm_monai.transforms.preprocess import to_metatensor
+
+    load = model_grid_transforms(("image", "mask"), config=config.loading, load=False, smooth=config.smooth)
+    return load(
+        {
+            "image": to_metatensor(t2.astype(np.float32), affine),
+            "mask": to_metatensor(mask.astype(np.float32), affine),
+        }
+    )
+
+
+def _score(
+    scorer: Any, grid: dict[str, Any], threshold: float, config: DetectConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(post-processed anomaly map, binary prediction)`` on the model grid."""
+    import torch
+
+    image, mask = grid["image"], grid["mask"]
+    with torch.no_grad():
+        _, raw = scorer(image.as_tensor(), mask.as_tensor())
+    scores = postprocess_anomaly_map(raw, mask, config.postprocess)
+    return scores, binarize(scores, threshold, config.postprocess)
+
+
+def _model_summary(scorer: Any, checkpoint: Path) -> dict[str, Any]:
+    cfg = scorer.method.config
+    return {
+        "method": scorer.method.name,
+        "checkpoint": str(checkpoint),
+        "t_test": getattr(cfg, "t_test", None),
+        "patch_size": getattr(cfg, "patch_size", None),
+        "config": scorer.method.config_dict(),
+    }
+
+
+def detect_scan(
+    scan: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    checkpoint: str | os.PathLike,
+    atlas: Any,
+    config: DetectConfig = DetectConfig(),
+) -> DetectResult:
+    """Anomaly map, lesion mask, PNG report and JSON summary of one raw scan, on its native grid.
+
+    Args:
+        scan: the raw T2 NIfTI (any orientation and spacing; with skull unless ``skull_stripped``).
+        out_dir: output folder (created).
+        checkpoint: a trained pddpm-monai checkpoint (``best.pt`` of ``pddpm train``).
+        atlas: the registration target the model's training data were registered to
+            (:func:`~pddpm_monai.data.atlas.resolve_atlas`).
+        config: every option (threshold, device, preprocessing, post-processing).
+
+    Returns:
+        the :class:`DetectResult`; ``skipped`` when the summary existed (and not ``overwrite``).
+
+    Raises:
+        InputError: a bad scan (not NIfTI, not 3-D, empty, NaN), a bad checkpoint (missing, corrupt,
+            unknown method, weights of another size, patches larger than the grid), no threshold.
+    """
+    start = time.perf_counter()
+    scan, checkpoint, out = Path(scan), Path(checkpoint), Path(out_dir)
+    paths = output_paths(scan, out)
+    if not config.overwrite and all(p.is_file() for p in paths.values()):
+        return DetectResult(paths, json.loads(paths["summary"].read_text()), skipped=True)
+    native_image, native_affine = read_nifti(scan)  # one-line errors before any heavy work
+    scorer = _load_scorer(checkpoint, config)
+    threshold, source = resolve_threshold(
+        checkpoint, threshold=config.threshold, thresholds_file=config.thresholds_file, dataset=config.dataset
+    )
+    t2, mask, affine, record = _preprocessed(scan, out / f"{scan_name(scan)}_preprocessed", atlas, config)
+    grid = _model_grid(t2, mask, affine, config)
+    scores, prediction = _score(scorer, grid, threshold, config)
+    from pddpm_monai.pipeline.report import plot_detection
+
+    grid_affine = np.asarray(grid["image"].affine, dtype=np.float64)
+    anomaly = model_grid_to_native(scores, grid_affine, record)
+    brain = to_native(mask.astype(np.float32), record, mode="nearest")[0] > 0
+    lesions = (
+        model_grid_to_native(prediction.astype(np.float32), grid_affine, record) >= config.mask_level
+    ) & brain
+    save_nifti(anomaly.astype(np.float32), native_affine, paths["anomaly"])
+    save_nifti(lesions.astype(np.uint8), native_affine, paths["lesions"])
+    save_nifti(brain.astype(np.uint8), native_affine, paths["brain"])
+    stats = lesion_statistics(lesions, native_affine)
+    plot_detection(native_image, anomaly, lesions, native_affine, paths["report"], title=scan.name)
+    summary = {
+        "scan": str(scan),
+        "native_shape": list(native_image.shape),
+        **stats,
+        "brain_volume_ml": round(float(brain.sum() * stats["voxel_ml"]), 2),
+        "threshold": threshold,
+        "threshold_source": source,
+        "model": _model_summary(scorer, checkpoint),
+        "pddpm_monai_version": __version__,
+        "skull_stripped": config.skull_stripped,
+        "atlas": record.get("atlas"),
+        "registration": {
+            k: v
+            for k, v in (record.get("registration") or {}).items()
+            if k in ("metric", "brain_dice", "volume_ratio")
+        },
+        "preprocessing_seconds": record.get("seconds", {}),
+        "seconds": round(time.perf_counter() - start, 2),
+        "outputs": {k: str(p) for k, p in paths.items()},
+        "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
+    }
+    save_json(summary, paths["summary"])  # last: marks the scan finished
+    return DetectResult(paths, summary)
