@@ -303,5 +303,6 @@ class _RelativeSpacingd(MapTransform):
         for key in self.key_iterator(d):
             spacing = np.sqrt((np.asarray(d[key].affine[:3, :3], dtype=np.float64) ** 2).sum(0))
             spacer = Spacingd(key, pixdim=tuple(spacing * self.factor), mode=self.mode, padding_mode="border")
-            d[key] = spacer(d)[key]
+            # pass only this key: Spacingd treats any other "<key>_*" entry as a meta dict to update
+            d[key] = spacer({key: d[key]})[key]
         return d
