@@ -29,6 +29,7 @@ from pddpm_monai.transforms.preprocess import (
     PreprocessConfig,
     load_subject,
     preprocessing_transforms,
+    run_chain,
 )
 from pddpm_monai.utils import InputError, PddpmError, atomic_path, save_json
 
@@ -109,7 +110,7 @@ def process_subject(
         device=device,
         config=config,
     )
-    d = chain(d)
+    d = run_chain(chain, d)
     record = dict(d[RECORD_KEY])
     t2 = d["t2"]
     affine = np.asarray(t2.affine, dtype=np.float64)

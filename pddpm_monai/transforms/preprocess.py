@@ -57,6 +57,7 @@ __all__ = [
     "N4BiasCorrection",
     "N4BiasCorrectiond",
     "preprocessing_transforms",
+    "run_chain",
     "load_subject",
     "preprocess_scan",
     "to_native",
@@ -751,6 +752,19 @@ def preprocessing_transforms(
     return Compose(chain)
 
 
+def run_chain(chain: Compose, data: dict) -> dict:
+    """Apply ``chain``; a user-facing error raised inside it surfaces as itself (MONAI wraps it in a RuntimeError)."""
+    try:
+        return chain(data)
+    except RuntimeError as err:
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, PddpmError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
 def load_subject(
     image: str | os.PathLike,
     seg: str | os.PathLike | None = None,
@@ -800,7 +814,7 @@ def preprocess_scan(
     chain = preprocessing_transforms(
         atlas, skull_stripped=skull_stripped, in_atlas_space=in_atlas_space, device=device, config=config
     )
-    d = _finish(chain(d), config)
+    d = _finish(run_chain(chain, d), config)
     t2, aff = _unpack(d["t2"])
     mask = _unpack(d["mask"])[0].astype(np.uint8)
     return t2.astype(np.float32), mask, aff, d[RECORD_KEY]
