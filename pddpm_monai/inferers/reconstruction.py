@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from monai.data import MetaTensor
 from monai.inferers import Inferer
 from torch import Tensor
 
@@ -163,7 +164,7 @@ class SliceDiffusionInferer(Inferer):
 
         Returns:
             the reconstruction, or ``|inputs - reconstruction|`` with ``return_anomaly_map``, in
-            ``inputs``' shape and dtype.
+            ``inputs``' shape and dtype (a ``MetaTensor`` input keeps its metadata).
         """
         if generator is None and self.seed is not None:
             generator = torch.Generator().manual_seed(self.seed)
@@ -184,6 +185,12 @@ class SliceDiffusionInferer(Inferer):
         reconstruction = reconstruction.to(inputs.dtype)
         if self.return_anomaly_map:
             return (inputs - reconstruction).abs()
+        if isinstance(inputs, MetaTensor):  # keep the affine and metadata for MONAI post-processing
+            return MetaTensor(
+                reconstruction.as_subclass(Tensor),
+                meta=inputs.meta,
+                applied_operations=inputs.applied_operations,
+            )
         return reconstruction
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from monai.data import MetaTensor
 from numpy.testing import assert_allclose
 
 from pddpm_monai.diffusion import DiffusionProcess
@@ -48,6 +49,15 @@ def test_inferer_seed_volume_and_anomaly_map():
         volume, identity
     )
     assert_allclose(anomaly.numpy(), (volume - out).abs().numpy(), atol=1e-6)
+
+
+def test_meta_tensor_keeps_its_affine():
+    affine = torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0]))
+    volume = MetaTensor(torch.rand(1, 1, 16, 16, 3), affine=affine)
+    for anomaly_map in (False, True):
+        inferer = DiffusionReconstructionInferer(DiffusionProcess(), seed=0, return_anomaly_map=anomaly_map)
+        out = inferer(volume, identity)
+        assert isinstance(out, MetaTensor) and torch.equal(out.affine, volume.affine)
 
 
 @pytest.mark.parametrize("shape", [(12, 10, 7), (1, 12, 10, 7)])
