@@ -23,12 +23,15 @@ WINDOW_PERCENTILES = (1.0, 99.0)
 #: panel size (inches) of one slice in the figure
 PANEL_INCHES = 2.4
 
-#: (image glob, seg glob relative to the image's name) of each layout, searched recursively
+#: (image glob relative to the input folder, rule turning an image path into its seg path) per dataset,
+#: for the raw layouts and the data root written by :mod:`pddpm_monai.data.synthetic.cohort`
 _PATTERNS: tuple[tuple[str, str | None], ...] = (
-    ("*-T2.nii.gz", None),
-    ("BraTS2021_*_t2.nii.gz", "_t2.nii.gz->_seg.nii.gz"),
-    ("T2.nii.gz", "T2.nii.gz->consensus_gt.nii.gz"),
-    ("*_t2.nii.gz", "/t2/->/seg/;_t2.nii.gz->_seg.nii.gz"),
+    ("IXI/*-T2.nii.gz", None),
+    ("BraTS21/*/BraTS2021_*_t2.nii.gz", "_t2.nii.gz->_seg.nii.gz"),
+    ("MSLUB/*/T2.nii.gz", "T2.nii.gz->consensus_gt.nii.gz"),
+    ("Train/ixi/t2/*_t2.nii.gz", None),
+    ("Test/Brats21/t2/*_t2.nii.gz", "/t2/->/seg/;_t2.nii.gz->_seg.nii.gz"),
+    ("Test/MSLUB/t2/*_t2.nii.gz", "/t2/->/seg/;_t2.nii.gz->_seg.nii.gz"),
 )
 
 
@@ -48,13 +51,9 @@ def find_preview_volumes(folder: str | os.PathLike, per_dataset: int = 2) -> lis
     if not folder.is_dir():
         raise InputError(folder, "input folder not found")
     found: list[tuple[Path, Path | None]] = []
-    seen: set[Path] = set()
     for pattern, rule in _PATTERNS:
-        hits = [p for p in sorted(folder.rglob(pattern)) if p not in seen and not p.name.startswith(".")]
-        for image in hits[:per_dataset]:
-            seen.add(image)
-            found.append((image, _seg_for(image, rule)))
-        seen.update(hits)
+        hits = [p for p in sorted(folder.glob(pattern)) if not p.name.startswith(".")]
+        found += [(image, _seg_for(image, rule)) for image in hits[:per_dataset]]
     if not found:
         raise InputError(folder, "no T2 volumes found (expected a synthetic raw cohort or data root)")
     return found

@@ -149,10 +149,13 @@ def _shells(dist_mm: np.ndarray, rng: np.random.Generator, skull: SkullConfig) -
     b = c + rng.uniform(*skull.bone_mm)
     s = b + rng.uniform(*skull.scalp_mm)
 
-    def ramp(edge: float) -> np.ndarray:
-        return np.clip((edge - dist_mm) / skull.blur_mm + 0.5, 0.0, 1.0)
-
-    layers = skull.csf * ramp(c) + skull.bone * (ramp(b) - ramp(c)) + skull.scalp * (ramp(s) - ramp(b))
+    # piecewise-linear profile: each layer boundary is a linear ramp of width blur_mm
+    h = skull.blur_mm / 2.0
+    layers = np.interp(
+        dist_mm,
+        [c - h, c + h, b - h, b + h, s - h, s + h],
+        [skull.csf, skull.bone, skull.bone, skull.scalp, skull.scalp, 0.0],
+    )
     return layers.astype(np.float32), {"csf_mm": c, "bone_mm": b - c, "scalp_mm": s - b}
 
 
