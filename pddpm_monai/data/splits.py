@@ -175,17 +175,17 @@ def make_splits(
         InputError: no dataset found in the data root, or a scan lacking its mask/seg.
     """
     root = Path(data_root)
-    rng = np.random.default_rng(seed)
     plans: dict[str, tuple[list[RootEntry], list[int]]] = {}
     makers = {
-        "ixi": lambda e: _ixi_splits(e, config, rng),
-        "brats21": lambda e: _val_test(e, config.brats_val, "Brats21", rng),
-        "mslub": lambda e: _val_test(e, config.mslub_val, "MSLUB", rng),
+        "ixi": lambda e, rng: _ixi_splits(e, config, rng),
+        "brats21": lambda e, rng: _val_test(e, config.brats_val, "Brats21", rng),
+        "mslub": lambda e, rng: _val_test(e, config.mslub_val, "MSLUB", rng),
     }
-    for dataset, maker in makers.items():
+    for stream, (dataset, maker) in enumerate(makers.items()):
         entries = scan_data_root(root, dataset)
-        if entries:
-            plans.update({name: (entries, idx) for name, idx in maker(entries).items()})
+        if entries:  # one random stream per dataset: adding a dataset later leaves the others' splits alone
+            rng = np.random.default_rng([seed, stream])
+            plans.update({name: (entries, idx) for name, idx in maker(entries, rng).items()})
     if not plans:
         raise InputError(
             root, "no preprocessed scans (Train/ixi, Test/Brats21, Test/MSLUB) in this data root"

@@ -89,6 +89,11 @@ def test_seeded_and_reproducible(tmp_path):
     other = {p.name: p.read_text() for p in make_splits(root, seed=2).values()}
     assert first == again and first != other
     assert len(_names(root, "IXI_test")) == 11 and len(_names(root, "MSLUB_val")) == 1
+    brats = (root / "splits" / "Brats21_val.csv").read_text()
+    for path in (root / "Train").rglob("*.nii.gz"):
+        path.unlink()  # IXI removed: the other datasets' splits do not change
+    make_splits(root, seed=2)
+    assert (root / "splits" / "Brats21_val.csv").read_text() == brats
 
 
 def test_small_cohorts_fill_every_split_and_bad_roots_are_refused(tmp_path):
