@@ -28,7 +28,7 @@ from monai.data import MetaTensor
 from torch import Tensor
 
 from pddpm_monai.engines.config import apply_overrides
-from pddpm_monai.engines.methods import METHODS, Method, build_method
+from pddpm_monai.engines.methods import METHODS, Method, build_method, load_method_plugins
 from pddpm_monai.inferers import reconstruct_volume
 from pddpm_monai.utils import InputError, load_checkpoint, save_checkpoint
 
@@ -116,7 +116,7 @@ def read_checkpoint(path: str | os.PathLike, *, method: str | None = None) -> di
             f"checkpoint version {state['version']} is newer than this pddpm-monai ({CHECKPOINT_VERSION})",
         )
     name = state["method"]
-    if name not in METHODS:
+    if name not in load_method_plugins():
         raise InputError(
             path, f"checkpoint of unknown method {name!r}; available: {', '.join(sorted(METHODS))}"
         )

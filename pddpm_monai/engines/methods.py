@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ __all__ = [
     "DDPMMethod",
     "register_method",
     "build_method",
+    "load_method_plugins",
 ]
 
 PatchSampling = Literal["fixed", "random"]
@@ -64,6 +66,9 @@ PatchLoss = Literal["patch", "full"]
 
 #: registry of the available methods by name (filled by :func:`register_method`)
 METHODS: dict[str, type[Method]] = {}
+
+#: modules whose import registers more methods (the Table 1 baselines); see :func:`load_method_plugins`
+METHOD_MODULES: tuple[str, ...] = ("pddpm_monai.engines.baselines",)
 
 
 class StepOutput(NamedTuple):
@@ -397,6 +402,21 @@ class DDPMMethod(_DiffusionMethod):
             return self.inferer(slices, self.network, generator=generator)
 
 
+def load_method_plugins() -> dict[str, type[Method]]:
+    """Import :data:`METHOD_MODULES` so that every method is in :data:`METHODS`; returns the registry.
+
+    Done lazily (by :func:`build_method` and the checkpoint loader) so that importing this module
+    stays cheap and free of import cycles; a module that does not exist (yet) is skipped.
+    """
+    for module in METHOD_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+    return METHODS
+
+
 def build_method(name: str, config: Mapping[str, Any] | None = None, *, source: str = "config") -> Method:
     """Build a registered method from its name and a (partial) config dict.
 
@@ -411,6 +431,6 @@ def build_method(name: str, config: Mapping[str, Any] | None = None, *, source: 
     Raises:
         InputError: for an unknown method name or invalid options.
     """
-    if name not in METHODS:
+    if name not in load_method_plugins():
         raise InputError(source, f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
     return METHODS[name].from_config(dict(config or {}), source=source)

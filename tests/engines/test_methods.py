@@ -30,8 +30,17 @@ def test_registry_has_both_methods_and_refuses_duplicates():
     assert METHODS["pddpm"] is PDDPMMethod and METHODS["ddpm"] is DDPMMethod
     with pytest.raises(ValueError, match="already registered"):
         register_method("pddpm")(DDPMMethod)
-    with pytest.raises(InputError, match="unknown method 'vae'"):
-        build_method("vae")
+    with pytest.raises(InputError, match="unknown method 'gan2000'"):
+        build_method("gan2000")
+
+
+def test_plugin_modules_register_lazily_and_missing_ones_are_skipped(monkeypatch):
+    import pddpm_monai.engines.methods as methods
+
+    monkeypatch.setattr(methods, "METHOD_MODULES", ("pddpm_monai.engines.not_written_yet",))
+    assert {"pddpm", "ddpm"} <= set(methods.load_method_plugins())
+    monkeypatch.setattr(methods, "METHOD_MODULES", ("tests.engines.toys",))  # exists: imported, no error
+    assert methods.load_method_plugins() is METHODS
 
 
 # constant image 0.75 -> 0.5 in model space; prediction 0 -> error 0.5 on every pixel.
