@@ -20,7 +20,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pddpm_monai.data.synthetic.commands",  # synth
     "pddpm_monai.data.commands",  # preprocess, splits, fetch-atlas
     "pddpm_monai.engines.commands",  # train, reconstruct
-    "pddpm_monai.evaluation.commands",  # evaluate, table, ablate
+    "pddpm_monai.evaluation.commands",  # evaluate, table
+    "pddpm_monai.evaluation.ablation",  # ablate
     "pddpm_monai.pipeline.commands",  # detect, demo
 )
 
