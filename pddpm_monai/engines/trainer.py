@@ -232,6 +232,12 @@ def build_method_for(config: TrainConfig) -> Method:
 class TrainingCheckpointer:
     """Writes ``last.pt`` / ``best.pt`` of a run and restores a run from ``last.pt``.
 
+    Resuming restores the weights, the optimiser (Adam moments and step), the generator of the
+    training draws, the best validation loss and ignite's iteration counter. A run resumed from an
+    epoch-end checkpoint continues exactly; one resumed from a mid-epoch checkpoint
+    (``checkpoint_every``) finishes that epoch with the remaining number of iterations, drawn from
+    the start of the epoch's slice order (ignite does not fast-forward the data loader).
+
     Args:
         out_dir: folder of the checkpoints.
         method: the trained method.
