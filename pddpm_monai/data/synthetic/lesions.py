@@ -14,7 +14,13 @@ import numpy as np
 import torch
 
 from pddpm_monai.data.synthetic.config import MSConfig, TumourConfig
-from pddpm_monai.data.synthetic.render import box_points, rotation_matrix, sample_volume, smooth_field
+from pddpm_monai.data.synthetic.render import (
+    apply_affine,
+    box_points,
+    rotation_matrix,
+    sample_volume,
+    smooth_field,
+)
 
 __all__ = ["TumourShape", "sample_tumour", "paint_tumour", "sample_ms_lesions", "paint_ms"]
 
@@ -68,9 +74,9 @@ class TumourShape:
 
     def rho(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised irregular radius (1 = tumour border) and core texture at points ``x`` (mm)."""
-        rel = (x - torch.as_tensor(self.centre, dtype=torch.float32)) @ torch.as_tensor(
-            self.rotation, dtype=torch.float32
-        )
+        rotate = np.zeros((4, 4))
+        rotate[:3, :3] = self.rotation.T
+        rel = apply_affine(x - torch.as_tensor(self.centre, dtype=torch.float32), rotate)
         rel = rel / torch.as_tensor(self.axes * self.radius, dtype=torch.float32)
         fields = sample_volume(torch.as_tensor(self.boundary), self.box_affine(), x)
         rho = rel.norm(dim=-1) * (1.0 + self.shape_noise * fields[0])

@@ -26,6 +26,7 @@ __all__ = [
     "box_points",
     "upsample_field",
     "source_map",
+    "apply_affine",
     "render_stepped",
 ]
 
@@ -55,6 +56,16 @@ def rotation_matrix(angles_deg: Sequence[float]) -> np.ndarray:
     return rz @ ry @ rx
 
 
+def apply_affine(points: torch.Tensor, matrix: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``points @ A.T + b`` for a 4x4 (or 3x4) ``matrix``, as explicit multiply-adds over the last axis.
+
+    Unlike a BLAS matmul, the summation order never depends on the thread count, so results are
+    bit-identical with any ``torch.set_num_threads``.
+    """
+    m = torch.as_tensor(np.asarray(matrix, dtype=np.float32)[:3])
+    return points[..., 0:1] * m[:, 0] + points[..., 1:2] * m[:, 1] + points[..., 2:3] * m[:, 2] + m[:, 3]
+
+
 def grid_points(
     shape: Sequence[int], affine: np.ndarray, start: int = 0, stop: int | None = None
 ) -> torch.Tensor:
@@ -64,22 +75,19 @@ def grid_points(
         torch.arange(s, dtype=torch.float32) for s in shape[1:3]
     ]
     ijk = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
-    aff = torch.as_tensor(affine, dtype=torch.float32)
-    return ijk @ aff[:3, :3].T + aff[:3, 3]
+    return apply_affine(ijk, affine)
 
 
 def box_points(lo: np.ndarray, hi: np.ndarray, affine: np.ndarray) -> torch.Tensor:
     """World positions of the voxel box ``[lo, hi)`` of a grid, shape ``(*(hi - lo), 3)``."""
     axes = [torch.arange(int(a), int(b), dtype=torch.float32) for a, b in zip(lo, hi)]
     ijk = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
-    aff = torch.as_tensor(affine, dtype=torch.float32)
-    return ijk @ aff[:3, :3].T + aff[:3, 3]
+    return apply_affine(ijk, affine)
 
 
 def _normalise(points_mm: torch.Tensor, affine: np.ndarray, shape: Sequence[int]) -> torch.Tensor:
     """World mm -> grid_sample coordinates in [-1, 1] (last axis ordered as grid_sample wants: k, j, i)."""
-    inv = torch.as_tensor(np.linalg.inv(affine), dtype=torch.float32)
-    vox = points_mm @ inv[:3, :3].T + inv[:3, 3]
+    vox = apply_affine(points_mm, np.linalg.inv(affine))
     size = torch.tensor([max(s - 1, 1) for s in shape], dtype=torch.float32)
     return (2.0 * vox / size - 1.0).flip(-1)
 
@@ -186,8 +194,7 @@ def source_map(
     """
     n = [(s - 1 + SOURCE_STEP - 1) // SOURCE_STEP + 1 for s in out_shape]
     coarse_affine = np.asarray(out_affine, dtype=np.float64) @ np.diag([SOURCE_STEP] * 3 + [1])
-    w2h = torch.as_tensor(world_to_head, dtype=torch.float32)
-    x = grid_points(n, coarse_affine) @ w2h[:3, :3].T + w2h[:3, 3]
+    x = apply_affine(grid_points(n, coarse_affine), world_to_head)
     src = deformation(x) if deformation is not None else x
     size = [(k - 1) * SOURCE_STEP + 1 for k in n]
     full = F.interpolate(src.permute(3, 0, 1, 2)[None], size=size, mode="trilinear", align_corners=True)[0]
