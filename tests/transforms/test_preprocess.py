@@ -232,7 +232,7 @@ BAD_INPUTS = [
 ]
 
 
-@parameterized.expand(BAD_INPUTS)
+@pytest.mark.parametrize("name, make, message", BAD_INPUTS)
 def test_bad_scans_give_one_line_errors_naming_the_file(tmp_path, name, make, message):
     path = make(tmp_path / f"{name}.nii.gz")
     with pytest.raises(InputError, match=message) as err:
@@ -287,3 +287,12 @@ def test_resample_is_a_no_op_at_target_spacing_and_reorients_exactly():
     up = resample_to_spacing(array_to_sitk(arr, np.diag([2.0, 2.0, 2.0, 1.0])), 1.0)
     assert up.GetSize() == (12, 10, 8) and up.GetSpacing() == (1.0, 1.0, 1.0)
     assert sitk.GetArrayFromImage(up).max() <= arr.max() + 1e-6
+
+
+def test_atlas_channels_and_mask(atlas, shared_data):
+    t1 = resolve_atlas(shared_data / "sri24", channel="t1")
+    assert (atlas.image_path.name, t1.image_path.name) == ("late.nii.gz", "spgr.nii.gz")
+    assert atlas.mask_path.name == "tissues.nii.gz" and atlas.mask.shape == (240, 240, 155)
+    assert 1.2e6 < atlas.mask.sum() < 1.8e6  # an adult brain in 1 mm voxels
+    with pytest.raises(InputError, match="unknown channel"):
+        resolve_atlas(shared_data / "sri24", channel="flair")  # type: ignore[arg-type]
