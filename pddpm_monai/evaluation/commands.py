@@ -36,6 +36,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         save_nifti=not args.no_nifti,
         figures=not args.no_figures,
         progress=not args.quiet,
+        healthy_fpr=tuple(args.healthy_fpr or ()),
     )
     folds = args.fold if args.fold is not None else list(range(max(1, len(checkpoints))))
     if args.method:
@@ -100,6 +101,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--grid", choices=("model", "full"), default="model", help="evaluation grid (default model)"
     )
     p.add_argument("--voxels", choices=("brain", "all"), default="brain", help="voxels ranked by AUPRC/AUROC")
+    p.add_argument(
+        "--healthy-fpr",
+        nargs="+",
+        type=float,
+        metavar="RATE",
+        help="extra Dice columns at these false-positive rates on healthy validation scans, e.g. 0.01 0.05 0.1",
+    )
     p.add_argument("--no-nifti", action="store_true", help="do not write per-volume NIfTIs")
     p.add_argument("--no-figures", action="store_true", help="do not draw figures")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

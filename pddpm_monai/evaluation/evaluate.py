@@ -7,7 +7,8 @@ components and compute the per-volume metrics. The healthy IXI test split gives 
 Results of ``evaluate_method(scorer, root, out, fold=k)`` go to ``out/<method>/fold<k>/``::
 
     run.json                     method, fold, data root, configuration
-    thresholds.json              per dataset: threshold, pooled validation Dice, PR bin edges
+    thresholds.json              per dataset: threshold, pooled validation Dice, PR bin edges;
+                                 "healthy_fpr": thresholds at healthy FPRs (when configured)
     metrics.csv                  one row per test volume: name, dataset, dice, auprc, auroc, l1, threshold, ...
     summary.json                 per dataset: nanmean/std of each metric, volume counts, NaN counts
     pr_<dataset>.npz             pooled test histogram of lesion/non-lesion scores (PR curve)
@@ -37,10 +38,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pddpm_monai.data.datalist import read_split_csv, split_path
-from pddpm_monai.evaluation.metrics import VoxelSet, pr_histogram, volume_metrics
+from pddpm_monai.evaluation.metrics import VoxelSet, dice_score, pr_histogram, volume_metrics
 from pddpm_monai.evaluation.postprocess import PostprocessConfig, binarize, postprocess_anomaly_map
 from pddpm_monai.evaluation.scorers import AnomalyScorer
-from pddpm_monai.evaluation.threshold import ValidationPool
+from pddpm_monai.evaluation.threshold import ValidationPool, fpr_threshold
 from pddpm_monai.transforms.loading import ModelGridConfig, model_grid_transforms
 from pddpm_monai.utils import InputError, atomic_path, read_nifti, save_json, save_nifti
 
@@ -75,6 +76,9 @@ DATASETS: dict[str, DatasetSpec] = {
     "ixi": DatasetSpec("IXI", "IXI_test"),
 }
 
+#: anomaly scores down to minus this are round-off and clipped to 0; below it they are refused
+NEGATIVE_TOLERANCE = 1e-6
+
 #: columns of the per-volume ``metrics.csv``
 METRIC_COLUMNS = (
     "name",
@@ -106,6 +110,9 @@ class EvaluationConfig:
         save_nifti: write reconstruction, anomaly map and prediction per test volume.
         figures: write PR curves and best/median/worst overlays.
         pr_bins: quantile bins of the pooled PR histogram.
+        healthy_fpr: false-positive rates on the healthy validation split (``IXI_val_fold<fold>``,
+            brain voxels) whose thresholds give extra columns ``dice_fpr_<rate>`` (the authors log
+            0.01, 0.05, 0.1); empty = off, which saves scoring the healthy validation scans.
         progress: show progress bars.
     """
 
@@ -118,6 +125,7 @@ class EvaluationConfig:
     save_nifti: bool = True
     figures: bool = True
     pr_bins: int = 512
+    healthy_fpr: tuple[float, ...] = ()
     progress: bool = True
 
     def __post_init__(self):
@@ -211,9 +219,12 @@ def _checked(out: Any, image: torch.Tensor, gt_file: str, what: str, method: str
         )
     if not np.isfinite(arr).all():
         raise InputError(gt_file, f"{method}'s {what} contains NaN/Inf voxels")
-    if what == "anomaly map" and (arr < 0).any():
-        # the pooled threshold search considers thresholds >= 0 (masked-out voxels score 0)
-        raise InputError(gt_file, f"{method}'s anomaly map has negative scores; scores must be >= 0")
+    if what == "anomaly map":
+        # the pooled threshold search considers thresholds >= 0 (masked-out voxels score 0);
+        # round-off below 0 (e.g. -1e-17 from resampling) is clipped, real negative scores refused
+        if (arr < -NEGATIVE_TOLERANCE).any():
+            raise InputError(gt_file, f"{method}'s anomaly map has negative scores; scores must be >= 0")
+        arr = np.maximum(arr, 0.0)
     return arr.astype(np.float32)
 
 
@@ -283,6 +294,35 @@ def _find_threshold(
     return entry
 
 
+def _fpr_column(rate: float) -> str:
+    return f"dice_fpr_{rate:g}"
+
+
+def _healthy_thresholds(scoring: _Scoring, data_root: Path, run_dir: Path, fold: int) -> dict[str, float]:
+    """Thresholds at the configured healthy FPRs, from ``IXI_val_fold<fold>`` (cached in thresholds.json)."""
+    rates = scoring.config.healthy_fpr
+    if not rates:
+        return {}
+    thresholds_path = run_dir / "thresholds.json"
+    cached = (_read_json(thresholds_path) or {}).get("healthy_fpr") or {}
+    if all(_fpr_column(r) in cached for r in rates):
+        return {_fpr_column(r): float(cached[_fpr_column(r)]) for r in rates}
+    csv_path = split_path(data_root, f"IXI_val_fold{fold}")
+    items = read_split_csv(csv_path, data_root)
+    if not items:
+        raise InputError(csv_path, "healthy validation split is empty")
+    scores = [
+        (vol := scoring(item)).scores[vol.mask]
+        for item in _bar(items, f"{scoring.scorer.name} IXI val", scoring.config)
+    ]
+    pooled = np.concatenate(scores)
+    entry = {_fpr_column(r): fpr_threshold(pooled, r) for r in rates}
+    all_entries = _read_json(thresholds_path) or {}
+    all_entries["healthy_fpr"] = entry
+    save_json(all_entries, thresholds_path)
+    return entry
+
+
 def _test_volume(
     scoring: _Scoring,
     item: dict[str, Any],
@@ -290,6 +330,7 @@ def _test_volume(
     threshold: float | None,
     edges: np.ndarray | None,
     run_dir: Path,
+    fpr_thresholds: dict[str, float],
 ) -> dict[str, Any]:
     """Score, binarise and measure one test volume; write its NIfTIs; return its record."""
     config = scoring.config
@@ -315,6 +356,11 @@ def _test_volume(
         "mask": item.get("mask"),
         "seg": item.get("seg"),
     }
+    for column, t in fpr_thresholds.items():
+        lesion = vol.seg is not None and vol.seg.any()
+        record[column] = (
+            dice_score(binarize(vol.scores, t, config.postprocess), vol.seg) if lesion else float("nan")
+        )
     if edges is not None and vol.seg is not None:
         pos, neg = pr_histogram(vol.scores, vol.seg, edges, vol.mask if config.voxels == "brain" else None)
         record["pr_pos"], record["pr_neg"] = pos.tolist(), neg.tolist()
@@ -344,10 +390,10 @@ def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+def _write_csv(rows: list[dict[str, Any]], path: Path, extra_columns: Sequence[str] = ()) -> None:
     with atomic_path(path) as tmp:
         with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore")
+            writer = csv.DictWriter(f, fieldnames=[*METRIC_COLUMNS, *extra_columns], extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
 
@@ -389,6 +435,7 @@ def evaluate_method(
         run_dir / "run.json",
     )
     scoring = _Scoring(scorer, config)
+    fpr_thresholds = _healthy_thresholds(scoring, data_root, run_dir, fold)
     all_rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     for key in config.datasets:
@@ -403,8 +450,9 @@ def evaluate_method(
         for item in _bar(items, f"{scorer.name} {spec.label} test", config):
             record_path = run_dir / "volumes" / key / f"{item['name']}.json"
             record = _read_json(record_path)
-            if record is None or record.get("threshold") != threshold:
-                record = _test_volume(scoring, item, key, threshold, edges, run_dir)
+            stale = record is None or record.get("threshold") != threshold
+            if stale or any(c not in record for c in fpr_thresholds):
+                record = _test_volume(scoring, item, key, threshold, edges, run_dir, fpr_thresholds)
                 save_json(record, record_path)
             records.append(record)
         all_rows.extend(records)
@@ -415,7 +463,7 @@ def evaluate_method(
             from pddpm_monai.evaluation.figures import run_figures
 
             run_figures(run_dir, key, spec.label, records, scorer.name, scoring.reference)
-    _write_csv(all_rows, run_dir / "metrics.csv")
+    _write_csv(all_rows, run_dir / "metrics.csv", list(fpr_thresholds))
     save_json(summary, run_dir / "summary.json")
     return run_dir
 

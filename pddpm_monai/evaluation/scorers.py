@@ -47,7 +47,8 @@ class ThreshScorer:
         self.name = name
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[None, torch.Tensor]:
-        return None, torch.as_tensor(image, dtype=torch.float32) * (torch.as_tensor(mask) > 0)
+        intensity = torch.as_tensor(image, dtype=torch.float32).clamp(min=0.0)
+        return None, intensity * (torch.as_tensor(mask) > 0)
 
 
 def load_checkpoint_scorer(

@@ -22,6 +22,7 @@ __all__ = [
     "best_dice_threshold",
     "brute_force_threshold",
     "interval_halving_threshold",
+    "fpr_threshold",
     "ValidationPool",
 ]
 
@@ -162,6 +163,22 @@ def interval_halving_threshold(
         if candidate.dice >= best.dice:
             best = candidate
     return best
+
+
+def fpr_threshold(healthy_scores: np.ndarray, fpr: float) -> float:
+    """The smallest threshold at which at most a fraction ``fpr`` of healthy voxels score above it.
+
+    The authors also log such thresholds (1, 5, 10 %) from healthy validation scans; they are extra
+    operating points, never a replacement for the Dice-optimal validation threshold.
+
+    Args:
+        healthy_scores: post-processed scores of healthy voxels.
+        fpr: the allowed false-positive rate in [0, 1).
+    """
+    s = np.sort(np.asarray(healthy_scores, dtype=np.float64).ravel())[::-1]
+    if not s.size or not 0.0 <= fpr < 1.0:
+        raise ValueError(f"need healthy scores and 0 <= fpr < 1, got {s.size} scores and fpr={fpr}")
+    return float(s[int(np.floor(fpr * s.size))])
 
 
 class ValidationPool:

@@ -30,6 +30,7 @@ SUBJECTS = (
     ("MSLUB", "MSLUB_test", "patient03", None),
     ("ixi", "IXI_test", "IXI002-Guys-0828", None),
     ("ixi", "IXI_test", "IXI012-HH-1211", None),
+    ("ixi", "IXI_val_fold0", "IXI013-HH-1212", None),
 )
 LESION_RADIUS = 9.0
 

@@ -159,6 +159,24 @@ def test_rerun_resumes_per_volume(thresh_run, tmp_path, tiny_root):
     assert _rows(run) == [r for r in _rows(thresh_run) if r["dataset"] == "brats21"]
 
 
+def test_healthy_fpr_thresholds_give_extra_columns(tiny_root, tmp_path):
+    config = _config(datasets=("brats21",), healthy_fpr=(0.01, 0.2), figures=False)
+    run = evaluate_method(ThreshScorer(), tiny_root, tmp_path, config=config)
+    fpr = json.loads((run / "thresholds.json").read_text())["healthy_fpr"]
+    assert fpr["dice_fpr_0.01"] > fpr["dice_fpr_0.2"] > 0.0
+    for row in _rows(run):
+        scores = nib.load(run / "nifti" / "brats21" / f"{row['name']}_anomaly.nii.gz").get_fdata()
+        seg_item = next(
+            it
+            for it in read_split_csv(split_path(tiny_root, "Brats21_test"), tiny_root)
+            if it["name"] == row["name"]
+        )
+        seg = model_grid_transforms(KEYS, config=SMALL)(_subject(seg_item))["seg"][0].numpy()
+        expected = 2 * (binarize(scores, fpr["dice_fpr_0.2"]) & (seg > 0)).sum()
+        expected /= binarize(scores, fpr["dice_fpr_0.2"]).sum() + (seg > 0).sum()
+        assert float(row["dice_fpr_0.2"]) == pytest.approx(expected, abs=1e-6)
+
+
 def test_perfect_method_reaches_dice_near_one(tiny_root, tmp_path):
     run = evaluate_method(
         SegScorer(tiny_root),

@@ -11,6 +11,7 @@ from pddpm_monai.evaluation.threshold import (
     best_dice_threshold,
     brute_force_threshold,
     dice_curve,
+    fpr_threshold,
     interval_halving_threshold,
 )
 
@@ -78,3 +79,12 @@ def test_bin_edges_are_sorted_and_start_at_the_floor():
     pool.add(np.linspace(0, 1, 101), np.arange(101) > 90)
     edges = pool.bin_edges(10)
     assert edges[0] == 0.0 and np.all(np.diff(edges) > 0) and edges[-1] == 1.0
+
+
+def test_fpr_threshold_hand_computed():
+    healthy = np.arange(100, dtype=np.float64)  # 0..99
+    assert fpr_threshold(healthy, 0.05) == 94.0  # 95..99 above: 5 %
+    assert fpr_threshold(healthy, 0.0) == 99.0
+    assert np.mean(healthy > fpr_threshold(healthy, 0.1)) == pytest.approx(0.1)
+    with pytest.raises(ValueError):
+        fpr_threshold(healthy, 1.0)
