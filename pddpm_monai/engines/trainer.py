@@ -225,8 +225,15 @@ def build_loaders(
 
 
 def build_method_for(config: TrainConfig) -> Method:
-    """The (untrained) method that ``config`` describes."""
-    return build_method(config.method, apply_overrides({}, config.method_options), source="method options")
+    """The (untrained) method that ``config`` describes, its weights initialised from ``config.seed``.
+
+    The global torch generator is left as it was (the initialisation runs in ``fork_rng``).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return build_method(
+            config.method, apply_overrides({}, config.method_options), source="method options"
+        )
 
 
 class TrainingCheckpointer:

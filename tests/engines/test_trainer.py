@@ -175,3 +175,14 @@ def test_loaders_drop_last_only_with_a_complete_batch():
     assert len(build_loaders(big, volumes)[0]) == 1  # no complete batch: keep the partial one
     batch = next(iter(train_loader))
     assert batch["image"].shape == (3, 1, 32, 32)
+
+
+def test_resuming_at_an_epoch_end_equals_an_uninterrupted_run(tmp_path):
+    options = {"val_slices_per_volume": None, "image_interval": 0}
+    straight = train(blob_config(tmp_path / "a", epochs=2, **options), train_volumes=small_volumes())
+    train(blob_config(tmp_path / "b", epochs=1, **options), train_volumes=small_volumes())
+    resumed = train(blob_config(tmp_path / "b", epochs=2, **options), train_volumes=small_volumes())
+    a, b = torch.load(straight, weights_only=True), torch.load(resumed, weights_only=True)
+    assert a["trainer"]["iteration"] == b["trainer"]["iteration"] == 8
+    for key, value in a["network"].items():
+        torch.testing.assert_close(b["network"][key], value, rtol=0, atol=0)
