@@ -1,0 +1,252 @@
+"""Table-1-style quality benchmark of every method on the synthetic cohort (fixed seed).
+
+Trains each method of the paper's Table 1 with a small network for a few hundred iterations on
+fold 0 of a synthetic data root (``make_synthetic_root``), evaluates every one through the shared
+evaluator (threshold on the validation split, Dice / AUPRC on test, l1 on healthy IXI test), adds
+Thresh, writes the table with ``pddpm table``'s code, then runs the Fig. 3 sweeps and an ensemble
+of the main pDDPM (``pddpm ablate``'s code).
+
+Usage::
+
+    python benchmarks/bench_quality.py --out /tmp/bench_quality            # Table 1 rows (CPU)
+    python benchmarks/bench_quality.py --out /tmp/bench_quality --variants # + the pDDPM variants (resumes)
+    python benchmarks/bench_quality.py --out /tmp/bench_quality --quick    # smoke check
+    python benchmarks/bench_quality.py --device cuda --scale 4            # larger networks/cohort on a GPU
+
+The paper's expected ordering (Dice and AUPRC): pDDPM (fixed + L_p) > DDPM > AE > Thresh. Hyper-
+parameters are the methods' defaults (t_test 500, patch 48, beta 0.001, ...); only the network
+widths and the number of iterations are scaled down. Nothing is tuned to force the ordering.
+Everything is resumable: re-running skips finished training runs and evaluated volumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pddpm_monai.data.synthetic import make_synthetic_root
+from pddpm_monai.engines.checkpoint import load_scorer
+from pddpm_monai.engines.trainer import TrainConfig, load_volumes, train
+from pddpm_monai.evaluation import EvaluationConfig, ThreshScorer, evaluate_method
+from pddpm_monai.evaluation.ablation import AblationConfig, Setting, run_ablation
+from pddpm_monai.evaluation.stats import PermutationConfig
+from pddpm_monai.evaluation.table import write_table
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Sizes of the benchmark (the default run; ``--quick`` and ``--scale`` derive from it).
+
+    The ensemble's members are fixed a priori: the paper's default setting (48, 500) and its
+    Fig. 3 optimum (60, 400).
+    """
+
+    n_healthy: int = 14
+    n_tumour: int = 8
+    n_ms: int = 6
+    iterations: int = 200
+    batch_size: int = 8
+    slices_per_volume: int = 8
+    lr: float = 1e-3
+    unet_channels: int = 16
+    ae_channels: tuple[int, ...] = (8, 16, 32, 32)
+    latent_size: int = 64
+    variants: bool = False
+    ablation_patch_sizes: tuple[int, ...] = (32, 48, 60)
+    ablation_t_tests: tuple[int, ...] = (400, 500)
+    ensemble: tuple[Setting, ...] = (Setting(48, 500), Setting(60, 400))
+    permutation_rounds: int = 1000
+    seed: int = 0
+
+
+QUICK = BenchConfig(
+    n_healthy=10,
+    n_tumour=4,
+    n_ms=4,
+    iterations=40,
+    latent_size=32,
+    ablation_patch_sizes=(48,),
+    ablation_t_tests=(400,),
+    ensemble=(Setting(48, 400), Setting(48, 500)),
+    permutation_rounds=200,
+)
+
+
+def method_options(cfg: BenchConfig) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Run name -> (registered method, options): the rows of the table."""
+    unet = {
+        "model_channels": cfg.unet_channels,
+        "channel_mult": [1, 2, 2],
+        "num_res_blocks": 1,
+        "num_groups": 8,
+        "num_head_channels": cfg.unet_channels,
+    }
+    dense = {"channels": list(cfg.ae_channels), "latent_size": cfg.latent_size}
+    runs: dict[str, tuple[str, dict[str, Any]]] = {
+        "pDDPM fixed L_p": ("pddpm", {"network": unet, "sampling": "fixed", "loss": "patch"}),
+        "DDPM": ("ddpm", {"network": unet}),
+        "AE": ("ae", {"network": dense}),
+        "VAE": ("vae", {"network": dense}),
+        "SVAE": ("svae", {"network": dense}),
+        "DAE": ("dae", {"network": {"channels": list(cfg.ae_channels)}}),
+        "f-AnoGAN": (
+            "fanogan",
+            {
+                "network": {"channels": list(cfg.ae_channels), "latent_size": cfg.latent_size},
+                "gan_iterations": cfg.iterations // 2,
+            },
+        ),
+    }
+    if cfg.variants:
+        runs["pDDPM random L_p"] = ("pddpm", {"network": unet, "sampling": "random", "loss": "patch"})
+        runs["pDDPM fixed L_rec"] = ("pddpm", {"network": unet, "sampling": "fixed", "loss": "full"})
+        runs["pDDPM random L_rec"] = ("pddpm", {"network": unet, "sampling": "random", "loss": "full"})
+    return runs
+
+
+def _slug(name: str) -> str:
+    return name.replace(" ", "_").replace("-", "")
+
+
+def _cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        return next(
+            (ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?"
+        )
+    except OSError:
+        return platform.processor() or "?"
+
+
+def run(cfg: BenchConfig, out: Path, device: str) -> dict[str, Any]:
+    """Generate, train, evaluate, tabulate and ablate; returns timings and paths."""
+    timings: dict[str, float] = {}
+    root = out / "root"
+    t0 = time.perf_counter()
+    if not (root / "splits" / "MSLUB_test.csv").is_file():
+        make_synthetic_root(
+            root, n_healthy=cfg.n_healthy, n_tumour=cfg.n_tumour, n_ms=cfg.n_ms, seed=cfg.seed, workers=2
+        )
+    timings["cohort"] = time.perf_counter() - t0
+
+    base = TrainConfig(
+        data_root=str(root),
+        fold=0,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        device=device,
+        seed=cfg.seed,
+        slices_per_volume=cfg.slices_per_volume,
+        skip_empty_slices=True,
+        val_slices_per_volume=4,
+        image_interval=0,
+        log_interval=50,
+        cache_workers=2,
+    )
+    t0 = time.perf_counter()
+    train_volumes, val_volumes = load_volumes(replace(base, out_dir=str(out / "train")))
+    train_volumes = [dict(train_volumes[i]) for i in range(len(train_volumes))]
+    val_volumes = [dict(val_volumes[i]) for i in range(len(val_volumes))]
+    timings["load volumes"] = time.perf_counter() - t0
+    per_epoch = max(1, len(train_volumes) * cfg.slices_per_volume // cfg.batch_size)
+    epochs = max(1, -(-cfg.iterations // per_epoch))
+    val_interval = max(1, epochs // 5)
+
+    evaluation = EvaluationConfig(save_nifti=False, figures=False, progress=False)
+    results = out / "results"
+    checkpoints: dict[str, Path] = {}
+    for name, (method, options) in method_options(cfg).items():
+        t0 = time.perf_counter()
+        config = replace(
+            base, out_dir=str(out / "train" / _slug(name)), method=method, method_options=options,
+            epochs=epochs, val_interval=val_interval,
+        )  # fmt: skip
+        checkpoints[name] = train(config, train_volumes=train_volumes, val_volumes=val_volumes)
+        timings[f"train {name}"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        scorer = load_scorer(checkpoints[name], device=device, name=name)
+        evaluate_method(
+            scorer, root, results, config=evaluation, extra={"checkpoint": str(checkpoints[name])}
+        )
+        timings[f"evaluate {name}"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    evaluate_method(ThreshScorer(), root, results, config=evaluation)
+    timings["evaluate Thresh"] = time.perf_counter() - t0
+
+    table = write_table(
+        [results], out, config=PermutationConfig(rounds=cfg.permutation_rounds), figures=False
+    )
+    t0 = time.perf_counter()
+    ablation = AblationConfig(
+        patch_sizes=cfg.ablation_patch_sizes,
+        t_tests=cfg.ablation_t_tests,
+        ensemble=cfg.ensemble,
+        evaluation=EvaluationConfig(
+            datasets=("brats21", "mslub"), save_nifti=False, figures=False, progress=False
+        ),
+        device=device,
+    )
+    ablation_csv = run_ablation([checkpoints["pDDPM fixed L_p"]], root, out / "ablation", ablation)
+    timings["ablation + ensemble"] = time.perf_counter() - t0
+    return {
+        "timings": timings,
+        "table": str(table["table.md"]),
+        "ablation": str(ablation_csv),
+        "epochs": epochs,
+        "iterations": epochs * per_epoch,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--out", type=Path, default=Path("/tmp/bench_quality"), help="work and results folder"
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny cohort and networks: a smoke check")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--scale", type=int, default=1, help="multiply cohort, widths and iterations (GPU)")
+    parser.add_argument("--iterations", type=int, default=None, help="training iterations per method")
+    parser.add_argument(
+        "--variants", action="store_true", help="also the pDDPM variants (random sampling, L_rec)"
+    )
+    args = parser.parse_args()
+    cfg = QUICK if args.quick else BenchConfig()
+    if args.scale > 1:
+        s = args.scale
+        cfg = replace(
+            cfg, n_healthy=cfg.n_healthy * s, n_tumour=cfg.n_tumour * s, n_ms=cfg.n_ms * s,
+            iterations=cfg.iterations * s, unet_channels=cfg.unet_channels * 2,
+            ae_channels=tuple(c * 2 for c in cfg.ae_channels),
+        )  # fmt: skip
+    if args.iterations is not None:
+        cfg = replace(cfg, iterations=args.iterations)
+    if args.variants:
+        cfg = replace(cfg, variants=True)
+    torch.manual_seed(cfg.seed)
+    start = time.perf_counter()
+    info = run(cfg, args.out, args.device)
+    total = time.perf_counter() - start
+    print(
+        f"device: {_cpu_name()}, torch threads {torch.get_num_threads()}, {args.device}; total {total / 60:.1f} min"
+    )
+    print(f"config: {cfg}")
+    print(f"training: {info['epochs']} epochs = {info['iterations']} iterations per method")
+    for key, seconds in info["timings"].items():
+        print(f"  {key:28s} {seconds:7.1f} s")
+    print(Path(info["table"]).read_text())
+    print(Path(info["ablation"]).read_text())
+    ensemble = Path(info["ablation"]).parent / "ensemble.json"
+    if ensemble.is_file():
+        print(json.dumps(json.loads(ensemble.read_text()), indent=1))
+
+
+if __name__ == "__main__":
+    main()
