@@ -297,7 +297,9 @@ def coarse_noise(
     coarse = torch.randn(batch, channels, resolution, resolution, generator=generator) * std
     noise = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
     shifts = torch.randint(0, max(height, width), (batch, 2), generator=generator)
-    return torch.stack([torch.roll(n, shifts=(int(s[0]), int(s[1])), dims=(-2, -1)) for n, s in zip(noise, shifts)])
+    return torch.stack(
+        [torch.roll(n, shifts=(int(s[0]), int(s[1])), dims=(-2, -1)) for n, s in zip(noise, shifts)]
+    )
 
 
 @register_method("dae")
@@ -389,11 +391,15 @@ class FAnoGANMethod(_ReconstructionMethod):
         alpha = torch.rand(batch, 1, 1, 1, generator=generator).to(images.device)
         mixed = (alpha * images + (1 - alpha) * fake).requires_grad_(True)
         with torch.enable_grad():
-            grads = torch.autograd.grad(self.critic(mixed).sum(), mixed, create_graph=torch.is_grad_enabled())[0]
+            grads = torch.autograd.grad(
+                self.critic(mixed).sum(), mixed, create_graph=torch.is_grad_enabled()
+            )[0]
         penalty = (grads.flatten(1).norm(dim=1) - 1).pow(2).mean()
         return self.critic(fake).mean() - self.critic(images).mean() + self.config.gradient_penalty * penalty
 
-    def generator_loss(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+    def generator_loss(
+        self, batch: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> Tensor:
         """``-D(G(z))`` (batch mean)."""
         return -self.critic(self.generator(self._latent(batch, device, generator))).mean()
 
@@ -443,7 +449,9 @@ class FAnoGANMethod(_ReconstructionMethod):
             loss = self.critic_loss(images, generator)
             self._step(optimizer, loss, self.critic)
             if int(self.iterations) % self.config.critic_iterations == 0:
-                self._step(optimizer, self.generator_loss(images.shape[0], images.device, generator), self.generator)
+                self._step(
+                    optimizer, self.generator_loss(images.shape[0], images.device, generator), self.generator
+                )
             with torch.no_grad():
                 fake = self.generator(self._latent(min(images.shape[0], 4), images.device, generator))
             logged = {"input": images.detach(), "reconstruction": fake}

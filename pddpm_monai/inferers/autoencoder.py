@@ -106,7 +106,9 @@ class AutoEncoderInferer(Inferer):
             return autoencoder_reconstruction(slices, network, context=self.context, max_batch=self.max_batch)
 
         if inputs.ndim == 5:
-            recon = torch.stack([reconstruct_volume(v, slice_fn, slice_batch=self.slice_batch) for v in inputs])
+            recon = torch.stack(
+                [reconstruct_volume(v, slice_fn, slice_batch=self.slice_batch) for v in inputs]
+            )
         elif inputs.ndim == 4:
             recon = slice_fn(inputs)
         else:

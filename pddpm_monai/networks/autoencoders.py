@@ -50,7 +50,9 @@ class DenseVAENetConfig:
 
     def __post_init__(self) -> None:
         if len(self.channels) != len(self.strides):
-            raise ValueError(f"channels {self.channels} and strides {self.strides} must have the same length.")
+            raise ValueError(
+                f"channels {self.channels} and strides {self.strides} must have the same length."
+            )
         factor = 1
         for s in self.strides:
             factor *= s

@@ -59,7 +59,13 @@ def _down_body(channels: tuple[int, ...]) -> nn.Sequential:
     for c_out in channels:
         layers.append(
             Convolution(
-                2, c_in, c_out, strides=2, kernel_size=3, act=("leakyrelu", {"negative_slope": LEAKY_SLOPE}), norm=None
+                2,
+                c_in,
+                c_out,
+                strides=2,
+                kernel_size=3,
+                act=("leakyrelu", {"negative_slope": LEAKY_SLOPE}),
+                norm=None,
             )
         )
         c_in = c_out
@@ -82,7 +88,9 @@ class Generator(nn.Module):
         layers = []
         for c_in, c_out in zip(widths, (*widths[1:], widths[-1])):
             layers.append(
-                Convolution(2, c_in, c_out, strides=2, kernel_size=3, is_transposed=True, act="relu", norm="batch")
+                Convolution(
+                    2, c_in, c_out, strides=2, kernel_size=3, is_transposed=True, act="relu", norm="batch"
+                )
             )
         layers.append(Convolution(2, widths[-1], 1, kernel_size=3, conv_only=True))
         self.body = nn.Sequential(*layers)
