@@ -91,7 +91,9 @@ def run_detect(args: argparse.Namespace) -> int:
     """``pddpm detect``: prints the outputs and the summary's key figures."""
     from pddpm_monai.data.atlas import resolve_atlas
     from pddpm_monai.pipeline.detect import bundle_checkpoint, detect_scan
+    from pddpm_monai.utils import read_nifti
 
+    read_nifti(args.scan)  # a bad scan is reported before anything else
     checkpoint = bundle_checkpoint(args.bundle) if args.bundle is not None else args.checkpoint
     atlas = resolve_atlas(args.atlas, channel=args.atlas_channel, mask=args.atlas_mask)
     result = detect_scan(
