@@ -10,6 +10,7 @@ record and volumes exist is skipped. One failing subject is reported and the run
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import traceback
@@ -121,6 +122,7 @@ def process_subject(
         atlas=atlas.describe(),
         root_grid={"shape": list(t2.shape[1:]), "affine": affine.tolist()},
         files={k: str(p.relative_to(data_root)) for k, p in paths.items() if k != "record"},
+        config=dataclasses.asdict(config),
     )
     _write_outputs(d, paths, affine)
     save_json(record, paths["record"])  # last: marks the subject finished
