@@ -1,4 +1,4 @@
-"""Mid-slice previews (axial, coronal, sagittal) of NIfTI volumes, for a human to judge realism.
+"""Mid-slice previews (axial, coronal, sagittal; through the lesion when a label map is given) of NIfTI volumes, for a human to judge realism.
 
 Volumes are reoriented to RAS (nibabel's closest canonical orientation) so that synthetic scans in
 any voxel order and real scans look alike; intensities are windowed per volume at the 1st/99th
@@ -72,11 +72,16 @@ def _canonical(path: Path) -> np.ndarray:
     return data
 
 
-def _mid_slices(volume: np.ndarray) -> list[np.ndarray]:
-    """Axial, coronal, sagittal slices through the centre of the non-zero region (display orientation)."""
+def _centre(volume: np.ndarray) -> tuple[int, int, int]:
+    """Centre of the bounding box of the non-zero voxels (of the grid when all zero)."""
     nz = np.argwhere(volume > 0)
     centre = ((nz.min(0) + nz.max(0)) // 2) if len(nz) else np.asarray(volume.shape) // 2
-    x, y, z = (int(c) for c in centre)
+    return tuple(int(c) for c in centre)  # type: ignore[return-value]
+
+
+def _mid_slices(volume: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray]:
+    """Axial, coronal, sagittal slices through ``centre`` (display orientation)."""
+    x, y, z = centre
     return [np.rot90(volume[:, :, z]), np.rot90(volume[:, y, :]), np.rot90(volume[x, :, :])]
 
 
@@ -110,8 +115,11 @@ def write_preview(
         data = _canonical(Path(image))
         values = data[data > 0]
         lo, hi = np.percentile(values, WINDOW_PERCENTILES) if values.size else (0.0, 1.0)
-        seg_slices = _mid_slices(_canonical(Path(seg)) * (data > 0)) if seg else [None] * 3
-        for col, (sl, sg) in enumerate(zip(_mid_slices(data), seg_slices)):
+        seg_data = _canonical(Path(seg)) if seg else None
+        # through the lesion when there is one, else through the middle of the head
+        centre = _centre(seg_data if seg_data is not None and np.any(seg_data) else data)
+        seg_slices = _mid_slices(seg_data, centre) if seg_data is not None else [None] * 3
+        for col, (sl, sg) in enumerate(zip(_mid_slices(data, centre), seg_slices)):
             ax = axes[row, col]
             ax.imshow(sl, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
             if sg is not None and np.any(sg > 0):
