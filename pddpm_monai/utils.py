@@ -21,6 +21,7 @@ __all__ = [
     "PddpmError",
     "InputError",
     "atomic_path",
+    "ensure_output_dir",
     "read_nifti",
     "save_nifti",
     "save_json",
@@ -68,6 +69,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def ensure_output_dir(path: str | os.PathLike) -> Path:
+    """Create the output folder ``path`` if needed and check that files can be written in it.
+
+    Called before any expensive work so that an unwritable output location fails at once with a
+    one-line :class:`InputError` naming it (instead of after minutes of computation).
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.tmp-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise InputError(path, f"output folder is not writable ({err.strerror or err})") from None
+    return path
 
 
 def read_nifti(

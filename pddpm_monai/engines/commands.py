@@ -182,11 +182,11 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     from pddpm_monai.engines.checkpoint import load_scorer
     from pddpm_monai.engines.trainer import resolve_device
     from pddpm_monai.transforms.loading import model_grid_transforms
-    from pddpm_monai.utils import read_nifti, save_nifti
+    from pddpm_monai.utils import ensure_output_dir, read_nifti, save_nifti
 
     image_path = Path(args.image)
     mask_path = Path(args.mask) if args.mask else None
-    out = Path(args.out)
+    out = ensure_output_dir(args.out)
     name = args.name or _stem(image_path)
     outputs = {kind: out / f"{name}_{kind}.nii.gz" for kind in ("input", "reconstruction", "anomaly")}
     if not args.overwrite and all(p.is_file() for p in outputs.values()):
