@@ -162,7 +162,7 @@ class TumourConfig:
     core: tuple[float, float] = (1.57, 2.1)
     enhancing: tuple[float, float] = (1.49, 1.72)
     necrosis: tuple[float, float] = (2.2, 2.39)
-    heterogeneity: float = 0.08
+    heterogeneity: float = 0.15
     mass_effect: float = 0.5
     min_midline_mm: float = 12.0
     blend_mm: float = 1.5
