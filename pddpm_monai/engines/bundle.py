@@ -53,6 +53,7 @@ __all__ = [
     "export_bundle_model",
     "checkpoint_inferer",
     "read_threshold",
+    "run_preprocessing",
     "BundleEvaluation",
 ]
 
@@ -454,6 +455,55 @@ def read_threshold(
         path or "threshold",
         "no threshold: run `python -m monai.bundle run evaluating ...` first, or pass --threshold VALUE",
     )
+
+
+def run_preprocessing(
+    dataset: str,
+    raw_dir: str | os.PathLike,
+    data_root: str | os.PathLike,
+    atlas: Any,
+    *,
+    workers: int = 1,
+    shard: str | None = None,
+    device: Literal["cpu", "cuda"] = "cpu",
+    config: Any = None,
+    progress: bool = True,
+) -> Any:
+    """``run preprocessing``: raw scans of one dataset -> the data root (``pddpm preprocess``'s code).
+
+    Args:
+        dataset: ``"ixi"``, ``"brats21"`` or ``"mslub"``.
+        raw_dir: the raw download.
+        data_root: the output data root.
+        atlas: the registration target (``resolve_atlas(...)``).
+        workers: subjects in parallel.
+        shard: ``"i/n"``: this machine's share of the subjects (``None``: all).
+        device: HD-BET device.
+        config: a :class:`~pddpm_monai.transforms.preprocess.PreprocessConfig` (``None``: defaults).
+        progress: show a progress bar.
+
+    Returns:
+        the run's :class:`~pddpm_monai.data.prepare.Summary`.
+
+    Raises:
+        PddpmError: when a subject failed (each failure is listed in the log; finished subjects stay).
+    """
+    from pddpm_monai.data.prepare import parse_shard, run_preprocess
+    from pddpm_monai.transforms.preprocess import PreprocessConfig
+    from pddpm_monai.utils import PddpmError
+
+    if raw_dir in (None, "") or not Path(raw_dir).is_dir():
+        raise InputError(raw_dir or "raw_dir", "raw dataset folder not found: pass --raw_dir FOLDER")
+    if data_root in (None, ""):
+        raise InputError("data_root", "no data root given: pass --data_root ROOT")
+    summary = run_preprocess(
+        dataset, raw_dir, data_root, atlas, workers=workers, shard_spec=parse_shard(shard),
+        device=device, config=config if config is not None else PreprocessConfig(), progress=progress,
+    )  # fmt: skip
+    logging.getLogger(LOGGER_NAME).warning(summary.report())
+    if summary.failed:
+        raise PddpmError(f"{len(summary.failed)} subject(s) of {dataset} failed; see the log above")
+    return summary
 
 
 class BundleEvaluation:

@@ -27,7 +27,7 @@ LESION_RADIUS = 10
 #: a network small enough for CPU tests (the bundle's keys, as command-line overrides)
 TINY = {
     "model_channels": 8,
-    "channel_mult": [1, 2],
+    "channel_mult": [1, 2, 2],
     "num_res_blocks": 1,
     "num_groups": 4,
     "num_head_channels": 8,

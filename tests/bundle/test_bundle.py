@@ -255,3 +255,30 @@ def _strings(node):
             yield from _strings(value)
     elif isinstance(node, str):
         yield node
+
+
+@pytest.mark.slow
+def test_run_preprocessing_and_splitting(tiny_root: Path, tmp_path: Path) -> None:
+    """``preprocess.json``: a BraTS-like raw scan (stripped, in atlas space: no HD-BET, no registration)."""
+    from monai.bundle import run
+
+    scan, seg = _test_scan(tiny_root)
+    name = scan.name.removesuffix("_t2.nii.gz")
+    raw = tmp_path / "raw" / name
+    raw.mkdir(parents=True)
+    shutil.copy(scan, raw / scan.name)
+    shutil.copy(seg, raw / f"{name}_seg.nii.gz")
+    root = tmp_path / "root"
+    atlas = next((tiny_root / "Train" / "ixi" / "t2").glob("*.nii.gz"))
+    run("preprocessing", config_file=str(CONFIGS / "preprocess.json"), dataset="brats21",
+        raw_dir=str(tmp_path / "raw"), data_root=str(root), atlas=str(atlas), progress=False)  # fmt: skip
+    out_t2 = root / "Test" / "Brats21" / "t2" / scan.name
+    out_seg = nib.load(str(root / "Test" / "Brats21" / "seg" / f"{name}_seg.nii.gz")).get_fdata()
+    assert nib.load(str(out_t2)).shape == (192, 192, 160)
+    assert out_seg.sum() == nib.load(str(seg)).get_fdata().sum()  # same grid: the lesion is kept whole
+    # splits of a whole root (the tiny root's volumes, without its splits/)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_root, copy, ignore=shutil.ignore_patterns("splits"))
+    run("splitting", config_file=str(CONFIGS / "preprocess.json"), data_root=str(copy), n_folds=2)
+    assert (copy / "splits" / "IXI_train_fold1.csv").is_file()
+    assert not (copy / "splits" / "IXI_train_fold2.csv").exists()
