@@ -7,6 +7,8 @@ second, and the split CSVs of :func:`~pddpm_monai.data.synthetic.cohort.write_ro
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +84,24 @@ def make_tiny_root(out: Path, seed: int = 0) -> Path:
     return out
 
 
+def shared_once(tmp_path_factory: pytest.TempPathFactory, name: str, make) -> Path:
+    """``make(folder)`` once per test run, shared by the pytest-xdist workers (file lock + marker)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the workers' common temporary folder
+    folder, done = base / name, base / f"{name}.done"
+    with FileLock(str(base / f"{name}.lock")):
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny synthetic data root (session-wide)."""
-    return make_tiny_root(tmp_path_factory.mktemp("tiny_root"))
+    """A tiny synthetic data root (one per test run)."""
+    return shared_once(tmp_path_factory, "tiny_root", make_tiny_root)

@@ -25,9 +25,11 @@ from pddpm_monai.engines.checkpoint import load_scorer
 from pddpm_monai.evaluation.postprocess import postprocess_anomaly_map
 from pddpm_monai.networks import DiffusionUNet
 from pddpm_monai.transforms.loading import model_grid_transforms
-from tests.bundle.conftest import BUNDLE, CONFIGS, REPO_ROOT, TINY, tiny_overrides
+from tests.bundle.conftest import BUNDLE, CONFIGS, REPO_ROOT, TINY, shared_once, tiny_overrides
 
 TRAIN_ARGS = ["--epochs", "1", "--batch_size", "2", "--val_slices_per_volume", "2", "--cache_workers", "1"]
+#: the training fixture caches the model-grid volumes on disk so that the resume test reloads them fast
+CACHE_ARGS = ["--cache", "disk"]
 META = str(CONFIGS / "metadata.json")
 
 
@@ -53,11 +55,13 @@ def _test_scan(root: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def trained_bundle(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle root whose ``models/model.pt`` was trained by ``python -m monai.bundle run training``."""
-    out = tmp_path_factory.mktemp("trained_bundle")
-    _run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.json",
-          "--meta_file", "configs/metadata.json", "--bundle_root", str(out), "--data_root", str(tiny_root),
-          *TRAIN_ARGS, *tiny_overrides()])  # fmt: skip
-    return out
+
+    def train(out: Path) -> None:
+        _run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.json",
+              "--meta_file", "configs/metadata.json", "--bundle_root", str(out), "--data_root", str(tiny_root),
+              *TRAIN_ARGS, *CACHE_ARGS, *tiny_overrides()])  # fmt: skip
+
+    return shared_once(tmp_path_factory, "trained_bundle", train)
 
 
 @pytest.mark.slow
@@ -76,6 +80,24 @@ def test_run_training_writes_checkpoints(trained_bundle: Path) -> None:
     for key, value in best["network"].items():
         torch.testing.assert_close(model["model"][key.removeprefix("network.")], value)
     assert list((trained_bundle / "runs" / "fold0" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_run_training_resumes_from_last(trained_bundle: Path, tmp_path: Path, tiny_root: Path) -> None:
+    from monai.bundle import run
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained_bundle, bundle)
+    first = torch.load(bundle / "runs" / "fold0" / "last.pt", weights_only=True)
+    run("training", config_file=str(CONFIGS / "train.json"), bundle_root=str(bundle), data_root=str(tiny_root),
+        epochs=2, batch_size=2, val_slices_per_volume=2, cache="disk", **TINY)  # fmt: skip
+    last = torch.load(bundle / "runs" / "fold0" / "last.pt", weights_only=True)
+    per_epoch = first["trainer"]["epoch_length"]
+    assert (last["trainer"]["epoch"], last["trainer"]["iteration"]) == (2, 2 * per_epoch)
+    # the optimiser continued (Adam's step count), it did not start over
+    steps = {int(v["step"]) for v in last["optimizer"]["state"].values()}
+    assert steps == {2 * per_epoch}
+    assert not torch.equal(last["rng"], first["rng"])
 
 
 def _reference_map(model_path: Path, scan: Path) -> tuple[np.ndarray, np.ndarray]:
