@@ -3,11 +3,13 @@
 The bundle configs hold no logic of their own: every step that is more than a constructor call is
 a small documented object here, built on the same pieces as ``pddpm train`` / ``pddpm evaluate``:
 
-- data: :func:`fold_items` (the split CSV of a fold, one-line errors for a data root without splits);
+- data: :func:`fold_items` (the split CSV of a fold, one-line errors for a data root without splits),
+  :func:`inference_items` (one scan or a folder), :func:`run_preprocessing` (raw dataset -> data root);
+- method: :func:`build_bundle_method` (the method from the bundle's flat hyper-parameter keys);
 - training: :class:`TrainingStep` / :class:`ValidationStep` (``iteration_update`` of MONAI's
   ``SupervisedTrainer`` / ``SupervisedEvaluator``), :class:`SetEpochHandler` (fresh slice draws per
   epoch), :class:`CheckpointHandler` (``last.pt`` / ``best.pt``, resume, rank-0-only writes, and the
-  bundle's ``models/model.pt`` at the end);
+  bundle's ``models/model.pt`` at the end), small ``output_transform`` / ``metric_cmp_fn`` helpers;
 - deployment: :func:`export_bundle_model` (``models/model.pt``: a self-describing pddpm checkpoint
   that also holds the UNet weights under ``"model"``, the key MONAI Label and ``CheckpointLoader``
   read), :func:`checkpoint_inferer` (the method's inferer with the trained diffusion settings),
