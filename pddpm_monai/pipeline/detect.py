@@ -175,9 +175,10 @@ def _threshold_from_file(path: Path, dataset: str) -> float:
     entry = data.get(dataset)
     if entry is None and len(data) == 1:
         entry = next(iter(data.values()))
-    if not isinstance(entry, dict) or not isinstance(entry.get("threshold"), int | float):
+    value = entry.get("threshold") if isinstance(entry, dict) else entry
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise InputError(path, f"no threshold for dataset {dataset!r} (has: {', '.join(sorted(data))})")
-    return float(entry["threshold"])
+    return float(value)
 
 
 def resolve_threshold(

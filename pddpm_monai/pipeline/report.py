@@ -11,11 +11,13 @@
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -36,6 +38,7 @@ __all__ = [
     "plot_training_curves",
     "ReportSection",
     "write_report",
+    "build_demo_report",
 ]
 
 
@@ -262,4 +265,101 @@ def write_report(
         written["report.html"] = out / "report.html"
         with atomic_path(written["report.html"]) as tmp:
             tmp.write_text(page)
+    return written
+
+
+# ------------------------------------------------------------------------------------- demo report
+
+#: what the demo's numbers are (and are not)
+DEMO_DISCLAIMER = (
+    "Synthetic cohort, small networks trained for minutes on the CPU, one fold: the numbers show "
+    "that the pipeline runs end to end, not the paper's results (Table 1 of Behrendt et al. needs "
+    "IXI/BraTS21/MSLUB, the full networks and 5 folds: see the README)."
+)
+
+
+def _rel(path: Path, out: Path) -> str:
+    return path.relative_to(out).as_posix()
+
+
+def _existing(paths: Sequence[Path], out: Path) -> list[str]:
+    return [_rel(p, out) for p in paths if p.is_file()]
+
+
+def build_demo_report(paths: Any, methods: Sequence[str], stages: Mapping[str, Any]) -> dict[str, Path]:
+    """The demo's ``report.md`` / ``report.html`` from the files its stages wrote.
+
+    Args:
+        paths: the demo's :class:`~pddpm_monai.pipeline.demo.DemoPaths`.
+        methods: the trained methods (their runs and results folders).
+        stages: the content of ``stages.json`` (timings and notes per stage).
+
+    Returns:
+        ``name -> path`` of the written report files (and the training-curves PNG).
+    """
+    out = Path(paths.out)
+    results = Path(paths.results)
+    table = results / "table.md"
+    sections = [
+        ReportSection(
+            "Table 1 (synthetic demo)",
+            (table.read_text() if table.is_file() else "(no table)")
+            + "\n\nDice and AUPRC in %, l1 in 1e-3; `*`: Dice differs significantly from the best method "
+            "(paired permutation test, alpha 0.05).\n\n" + DEMO_DISCLAIMER,
+        )
+    ]
+    sections.append(
+        ReportSection(
+            "Precision-recall curves",
+            "Pooled test voxels inside the brain.",
+            _existing([results / "figures" / f"pr_{d}.png" for d in ("brats21", "mslub")], out),
+        )
+    )
+    overlays = []
+    for method in list(methods) + ["Thresh"]:
+        figures = results / method / "fold0" / "figures"
+        overlays += [
+            figures / f"overlay_{d}_{w}.png"
+            for d in ("brats21", "mslub")
+            for w in ("best", "median", "worst")
+        ]
+    sections.append(
+        ReportSection(
+            "Best, median and worst test cases",
+            "Input, reconstruction, anomaly map, binarised map (validation threshold) and ground truth.",
+            _existing(overlays, out),
+        )
+    )
+    written: dict[str, Path] = {}
+    runs = {m: Path(paths.runs) / m / "tensorboard" for m in methods}
+    curves = plot_training_curves(runs, out / "figures" / "training_curves.png")
+    if curves is not None:
+        written["training_curves"] = curves
+    sections.append(
+        ReportSection(
+            "Training curves",
+            f"Read from the TensorBoard logs. Browse them with:\n\n```\ntensorboard --logdir {paths.runs}\n```",
+            _existing([out / "figures" / "training_curves.png"], out),
+        )
+    )
+    detect_dir = Path(paths.detect)
+    summaries = sorted(detect_dir.glob("*_summary.json")) if detect_dir.is_dir() else []
+    if summaries:
+        s = json.loads(summaries[0].read_text())
+        text = (
+            f"`pddpm detect` on `{Path(s['scan']).name}` (a raw test scan, mapped back to its own grid): "
+            f"{s['n_components']} component(s), {s['lesion_volume_ml']:.2f} ml, threshold "
+            f"{s['threshold']:.4g} from {s['threshold_source']}. Outputs: `{_rel(detect_dir, out)}/`."
+        )
+        sections.append(
+            ReportSection(
+                "Detection on a new scan", text, _existing(sorted(detect_dir.glob("*_report.png")), out)
+            )
+        )
+    rows = ["| stage | seconds | note |", "|---|---|---|"]
+    rows += [
+        f"| {name} | {info.get('seconds', '')} | {info.get('note', '')} |" for name, info in stages.items()
+    ]
+    sections.append(ReportSection("Stages", "\n".join(rows)))
+    written.update(write_report(out, "pddpm-monai demo report", sections))
     return written

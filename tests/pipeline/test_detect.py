@@ -35,6 +35,7 @@ THRESHOLD_FILE_CASES = [
     ("evaluate_format", {"brats21": {"threshold": 0.3}, "mslub": {"threshold": 0.2}}, "mslub", 0.2),
     ("single_dataset_fallback", {"brats21": {"threshold": 0.3}}, "mslub", 0.3),
     ("plain", {"threshold": 0.25}, "brats21", 0.25),
+    ("bundle_numbers", {"brats21": 0.4, "mslub": 0.1}, "brats21", 0.4),
 ]
 
 

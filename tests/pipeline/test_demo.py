@@ -1,0 +1,83 @@
+"""``pddpm demo --quick``: every stage runs, the report holds the table, a re-run reuses everything."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from pddpm_monai.cli import main
+from pddpm_monai.pipeline.demo import STAGES, DemoConfig, run_demo
+from pddpm_monai.utils import InputError
+
+QUICK = dataclasses.replace(DemoConfig.quick(), progress=False)
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return out, run_demo(out, QUICK)
+
+
+def _table_cell(table_md: str, method: str, column: str) -> float:
+    lines = [line for line in table_md.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] == method:
+            return float(re.match(r"[-\d.]+", cells[header.index(column)]).group())
+    raise AssertionError(f"no row {method!r} in the table")
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_every_stage_and_reports(quick_demo):
+    out, result = quick_demo
+    stages = json.loads((out / "stages.json").read_text())
+    assert list(stages) == list(STAGES)
+    assert result.status == {stage: "done" for stage in STAGES}
+    methods = ["pddpm", "ddpm", "Thresh"]
+    for method in methods:
+        assert (out / "results" / method / "fold0" / "metrics.csv").is_file(), method
+    # the table's BraTS21 Dice is the mean per-volume test Dice of metrics.csv (an independent reading)
+    for method in methods:
+        rows = pd.read_csv(out / "results" / method / "fold0" / "metrics.csv")
+        expected = 100 * rows.loc[rows["dataset"] == "brats21", "dice"].mean()
+        assert _table_cell(result.table_markdown, method, "BraTS21 DICE [%]") == pytest.approx(
+            expected, abs=0.06
+        )
+    report = (out / "report.md").read_text()
+    assert result.table_markdown.strip().splitlines()[0] in report
+    assert "tensorboard --logdir" in report
+    images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
+    assert any("training_curves" in i for i in images) and any("overlay_brats21" in i for i in images)
+    assert all((out / i).is_file() for i in images), "the report links a missing image"
+    assert "<table>" in (out / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_rerun_reuses_every_stage_and_says_so(quick_demo, capsys):
+    out, first = quick_demo
+    code = main(["demo", "--out", str(out), "--quick"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert captured.err.count("skipped (already finished") == len(STAGES)
+    assert first.table_markdown in captured.out
+    assert "report.md" in captured.out
+
+
+@pytest.mark.slow
+def test_another_configuration_in_the_same_folder_is_refused(quick_demo):
+    out, _ = quick_demo
+    with pytest.raises(InputError, match="another configuration .*seed"):
+        run_demo(out, dataclasses.replace(QUICK, seed=1))
+
+
+def test_corrupt_stage_record_is_a_one_line_error(tmp_path):
+    (tmp_path / "stages.json").write_text("{truncated")
+    with pytest.raises(InputError, match="stages.json: corrupt JSON") as err:
+        run_demo(tmp_path, QUICK)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "data_root").exists(), "a stage ran despite the corrupt record"
