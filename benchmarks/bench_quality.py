@@ -39,6 +39,7 @@ from pddpm_monai.evaluation import EvaluationConfig, ThreshScorer, evaluate_meth
 from pddpm_monai.evaluation.ablation import AblationConfig, Setting, run_ablation
 from pddpm_monai.evaluation.stats import PermutationConfig
 from pddpm_monai.evaluation.table import write_table
+from pddpm_monai.utils import save_json
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class BenchConfig:
     ablation_t_tests: tuple[int, ...] = (400, 500)
     ensemble: tuple[Setting, ...] = (Setting(48, 500), Setting(60, 400))
     permutation_rounds: int = 1000
+    datasets: tuple[str, ...] = ("brats21", "mslub", "ixi")
     seed: int = 0
 
 
@@ -77,6 +79,7 @@ QUICK = BenchConfig(
     ablation_t_tests=(400,),
     ensemble=(Setting(48, 400), Setting(48, 500)),
     permutation_rounds=200,
+    datasets=("brats21", "ixi"),
 )
 
 
@@ -90,10 +93,10 @@ def method_options(cfg: BenchConfig) -> dict[str, tuple[str, dict[str, Any]]]:
         "num_head_channels": cfg.unet_channels,
     }
     dense = {"channels": list(cfg.ae_channels), "latent_size": cfg.latent_size}
-    runs: dict[str, tuple[str, dict[str, Any]]] = {
-        "pDDPM fixed L_p": ("pddpm", {"network": unet, "sampling": "fixed", "loss": "patch"}),
-        "DDPM": ("ddpm", {"network": unet}),
+    runs: dict[str, tuple[str, dict[str, Any]]] = {  # the required ordering's rows first
         "AE": ("ae", {"network": dense}),
+        "DDPM": ("ddpm", {"network": unet}),
+        "pDDPM fixed L_p": ("pddpm", {"network": unet, "sampling": "fixed", "loss": "patch"}),
         "VAE": ("vae", {"network": dense}),
         "SVAE": ("svae", {"network": dense}),
         "DAE": ("dae", {"network": {"channels": list(cfg.ae_channels)}}),
@@ -126,10 +129,10 @@ def _cpu_name() -> str:
         return platform.processor() or "?"
 
 
-def run(cfg: BenchConfig, out: Path, device: str) -> dict[str, Any]:
-    """Generate, train, evaluate, tabulate and ablate; returns timings and paths."""
+def run(cfg: BenchConfig, out: Path, device: str, root: Path | None = None) -> dict[str, Any]:
+    """Generate, train, evaluate, tabulate (after every method) and ablate; returns timings and paths."""
     timings: dict[str, float] = {}
-    root = out / "root"
+    root = root or out / "root"
     t0 = time.perf_counter()
     if not (root / "splits" / "MSLUB_test.csv").is_file():
         make_synthetic_root(
@@ -148,7 +151,7 @@ def run(cfg: BenchConfig, out: Path, device: str) -> dict[str, Any]:
         skip_empty_slices=True,
         val_slices_per_volume=4,
         image_interval=0,
-        log_interval=50,
+        log_interval=10,
         cache_workers=2,
     )
     t0 = time.perf_counter()
@@ -160,9 +163,14 @@ def run(cfg: BenchConfig, out: Path, device: str) -> dict[str, Any]:
     epochs = max(1, -(-cfg.iterations // per_epoch))
     val_interval = max(1, epochs // 5)
 
-    evaluation = EvaluationConfig(save_nifti=False, figures=False, progress=False)
+    evaluation = EvaluationConfig(datasets=cfg.datasets, save_nifti=False, figures=False, progress=False)
+    permutation = PermutationConfig(rounds=cfg.permutation_rounds)
     results = out / "results"
+    t0 = time.perf_counter()
+    evaluate_method(ThreshScorer(), root, results, config=evaluation)
+    timings["evaluate Thresh"] = time.perf_counter() - t0
     checkpoints: dict[str, Path] = {}
+    table: dict[str, Path] = {}
     for name, (method, options) in method_options(cfg).items():
         t0 = time.perf_counter()
         config = replace(
@@ -173,29 +181,24 @@ def run(cfg: BenchConfig, out: Path, device: str) -> dict[str, Any]:
         timings[f"train {name}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         scorer = load_scorer(checkpoints[name], device=device, name=name)
-        evaluate_method(
-            scorer, root, results, config=evaluation, extra={"checkpoint": str(checkpoints[name])}
-        )
+        extra = {"checkpoint": str(checkpoints[name])}
+        evaluate_method(scorer, root, results, config=evaluation, extra=extra)
         timings[f"evaluate {name}"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    evaluate_method(ThreshScorer(), root, results, config=evaluation)
-    timings["evaluate Thresh"] = time.perf_counter() - t0
+        table = write_table([results], out, config=permutation, figures=False)  # the table so far
+        save_json(timings, out / "timings.json")
+        print(f"{name}: trained and evaluated ({table['table.md']})", flush=True)
 
-    table = write_table(
-        [results], out, config=PermutationConfig(rounds=cfg.permutation_rounds), figures=False
-    )
     t0 = time.perf_counter()
     ablation = AblationConfig(
         patch_sizes=cfg.ablation_patch_sizes,
         t_tests=cfg.ablation_t_tests,
         ensemble=cfg.ensemble,
-        evaluation=EvaluationConfig(
-            datasets=("brats21", "mslub"), save_nifti=False, figures=False, progress=False
-        ),
+        evaluation=replace(evaluation, datasets=tuple(d for d in cfg.datasets if d != "ixi")),
         device=device,
     )
     ablation_csv = run_ablation([checkpoints["pDDPM fixed L_p"]], root, out / "ablation", ablation)
     timings["ablation + ensemble"] = time.perf_counter() - t0
+    save_json(timings, out / "timings.json")
     return {
         "timings": timings,
         "table": str(table["table.md"]),
@@ -217,6 +220,7 @@ def main() -> None:
     parser.add_argument(
         "--variants", action="store_true", help="also the pDDPM variants (random sampling, L_rec)"
     )
+    parser.add_argument("--root", type=Path, default=None, help="an existing synthetic data root to reuse")
     args = parser.parse_args()
     cfg = QUICK if args.quick else BenchConfig()
     if args.scale > 1:
@@ -232,7 +236,7 @@ def main() -> None:
         cfg = replace(cfg, variants=True)
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
-    info = run(cfg, args.out, args.device)
+    info = run(cfg, args.out, args.device, args.root)
     total = time.perf_counter() - start
     print(
         f"device: {_cpu_name()}, torch threads {torch.get_num_threads()}, {args.device}; total {total / 60:.1f} min"

@@ -11,6 +11,7 @@ import torch
 
 from pddpm_monai.cli import main
 from pddpm_monai.engines.checkpoint import save_method_checkpoint
+from pddpm_monai.engines.methods import build_method
 from pddpm_monai.evaluation.ablation import (
     AblationConfig,
     EnsembleScorer,
@@ -98,10 +99,20 @@ def test_ensemble_comparison_and_figures_over_folds(tmp_path):
     assert all(p.read_bytes()[:4] == PNG_MAGIC for p in paths)
 
 
+#: a tiny pDDPM UNet for 96x96 slices (no attention: its 48x48 middle would dominate the run time)
+NET_96 = {
+    "model_channels": 8,
+    "channel_mult": [1, 2],
+    "num_res_blocks": 1,
+    "num_groups": 4,
+    "mid_attention": False,
+}
+
+
 @pytest.fixture
 def pddpm_checkpoint(tmp_path):
     torch.manual_seed(0)
-    method = randomize(tiny("pddpm", patch_size=48, t_test=500), seed=3)
+    method = randomize(build_method("pddpm", {"network": NET_96, "patch_size": 48, "t_test": 500}), seed=3)
     return save_method_checkpoint(tmp_path / "fold0.pt", method)
 
 
@@ -111,9 +122,9 @@ def test_ablation_evaluates_each_setting_and_the_ensemble(tiny_root, pddpm_check
         datasets=("mslub",), save_nifti=False, figures=False, progress=False, smooth=False
     )
     config = AblationConfig(
-        patch_sizes=(32,),
+        patch_sizes=(96,),
         t_tests=(250,),
-        ensemble=(Setting(32, 500), Setting(48, 250)),
+        ensemble=(Setting(96, 500), Setting(48, 250)),
         evaluation=evaluation,
     )
     out = tmp_path / "ablation"
@@ -121,7 +132,7 @@ def test_ablation_evaluates_each_setting_and_the_ensemble(tiny_root, pddpm_check
     with csv_path.open() as f:
         rows = list(csv.DictReader(f))
     assert [(r["sweep"], r["setting"]) for r in rows] == [
-        ("patch_size", "pddpm_p32_t500"),
+        ("patch_size", "pddpm_p96_t500"),
         ("t_test", "pddpm_p48_t250"),
         ("ensemble", "ensemble"),
     ]
@@ -136,7 +147,7 @@ def test_ablation_evaluates_each_setting_and_the_ensemble(tiny_root, pddpm_check
     # the two settings differ (the patch size and t_test change the anomaly maps)
     assert not math.isclose(float(rows[0]["auprc"]), float(rows[1]["auprc"]))
     ensemble = json.loads((out / "ensemble.json").read_text())
-    assert ensemble["members"] == ["pddpm_p32_t500", "pddpm_p48_t250"]
+    assert ensemble["members"] == ["pddpm_p96_t500", "pddpm_p48_t250"]
     entry = ensemble["datasets"]["mslub"]
     best = max(float(r["dice"]) for r in rows[:2])
     assert entry["best_single"] == pytest.approx(best)
