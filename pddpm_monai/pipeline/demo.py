@@ -133,7 +133,7 @@ class DemoConfig:
             workers=1,
             methods=("pddpm", "ddpm"),
             method_options=dict(QUICK_METHOD_OPTIONS),
-            epochs=4,
+            epochs=8,
             batch_size=8,
             lr=2e-3,
             slices_per_volume=8,

@@ -10,16 +10,11 @@ import pandas as pd
 import pytest
 
 from pddpm_monai.cli import main
-from pddpm_monai.pipeline.demo import STAGES, DemoConfig, run_demo
+from pddpm_monai.pipeline.demo import STAGES, run_demo
 from pddpm_monai.utils import InputError
+from tests.pipeline.conftest import quick_config
 
-QUICK = dataclasses.replace(DemoConfig.quick(), progress=False)
-
-
-@pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    return out, run_demo(out, QUICK)
+QUICK = quick_config()
 
 
 def _table_cell(table_md: str, method: str, column: str) -> float:
@@ -34,10 +29,10 @@ def _table_cell(table_md: str, method: str, column: str) -> float:
 
 @pytest.mark.slow
 def test_quick_demo_runs_every_stage_and_reports(quick_demo):
-    out, result = quick_demo
+    out = quick_demo
     stages = json.loads((out / "stages.json").read_text())
     assert list(stages) == list(STAGES)
-    assert result.status == {stage: "done" for stage in STAGES}
+    table_md = (out / "results" / "table.md").read_text()
     methods = ["pddpm", "ddpm", "Thresh"]
     for method in methods:
         assert (out / "results" / method / "fold0" / "metrics.csv").is_file(), method
@@ -45,11 +40,9 @@ def test_quick_demo_runs_every_stage_and_reports(quick_demo):
     for method in methods:
         rows = pd.read_csv(out / "results" / method / "fold0" / "metrics.csv")
         expected = 100 * rows.loc[rows["dataset"] == "brats21", "dice"].mean()
-        assert _table_cell(result.table_markdown, method, "BraTS21 DICE [%]") == pytest.approx(
-            expected, abs=0.06
-        )
+        assert _table_cell(table_md, method, "BraTS21 DICE [%]") == pytest.approx(expected, abs=0.06)
     report = (out / "report.md").read_text()
-    assert result.table_markdown.strip().splitlines()[0] in report
+    assert table_md.strip().splitlines()[0] in report
     assert "tensorboard --logdir" in report
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
     assert any("training_curves" in i for i in images) and any("overlay_brats21" in i for i in images)
@@ -59,20 +52,19 @@ def test_quick_demo_runs_every_stage_and_reports(quick_demo):
 
 @pytest.mark.slow
 def test_rerun_reuses_every_stage_and_says_so(quick_demo, capsys):
-    out, first = quick_demo
+    out = quick_demo
     code = main(["demo", "--out", str(out), "--quick"])
     captured = capsys.readouterr()
     assert code == 0
     assert captured.err.count("skipped (already finished") == len(STAGES)
-    assert first.table_markdown in captured.out
+    assert (out / "results" / "table.md").read_text() in captured.out
     assert "report.md" in captured.out
 
 
 @pytest.mark.slow
 def test_another_configuration_in_the_same_folder_is_refused(quick_demo):
-    out, _ = quick_demo
     with pytest.raises(InputError, match="another configuration .*seed"):
-        run_demo(out, dataclasses.replace(QUICK, seed=1))
+        run_demo(quick_demo, dataclasses.replace(QUICK, seed=1))
 
 
 def test_corrupt_stage_record_is_a_one_line_error(tmp_path):

@@ -167,7 +167,9 @@ def test_brats_case_map_is_higher_in_the_tumour(shared_data, tiny_model, tmp_pat
         np.asarray(nib.load(str(shared_data / "brats18" / BRATS_CASE / f"{BRATS_CASE}_seg.nii.gz")).dataobj)
         > 0
     )
-    config = DetectConfig(skull_stripped=True, preprocess=FAST_PREPROCESS)
+    config = DetectConfig(
+        skull_stripped=True, thresholds_file=str(tiny_model.thresholds), preprocess=FAST_PREPROCESS
+    )
     atlas = resolve_atlas(tiny_model.atlas_dir)
     result = detect_scan(scan, tmp_path, checkpoint=tiny_model.checkpoint, atlas=atlas, config=config)
     assert all(p.is_file() for p in result.paths.values())
@@ -192,7 +194,7 @@ def test_brats_case_map_is_higher_in_the_tumour(shared_data, tiny_model, tmp_pat
 @pytest.mark.realdata
 def test_head_scan_with_skull_through_hd_bet(shared_data, tiny_model, tmp_path):
     scan = shared_data / "healthy" / "T2w_head.nii.gz"
-    config = DetectConfig(preprocess=FAST_PREPROCESS)
+    config = DetectConfig(threshold=tiny_model.threshold, preprocess=FAST_PREPROCESS)
     atlas = resolve_atlas(tiny_model.atlas_dir)
     result = detect_scan(scan, tmp_path, checkpoint=tiny_model.checkpoint, atlas=atlas, config=config)
     anomaly, lesions, brain = _assert_native(result.paths, scan)
