@@ -98,6 +98,7 @@ class DemoConfig:
         val_slices_per_volume: validation slices per volume.
         thresh_baseline: also evaluate the Thresh baseline (no training).
         permutation_rounds: rounds of the permutation tests of the table.
+        log_interval: log the training loss every N iterations (TensorBoard, report curves).
         detect: run ``pddpm detect`` on one raw test scan (needs ``raw``).
         progress: progress bars.
     """
@@ -119,6 +120,7 @@ class DemoConfig:
     val_slices_per_volume: int = 10
     thresh_baseline: bool = True
     permutation_rounds: int = 1000
+    log_interval: int = 5
     detect: bool = True
     progress: bool = True
 
@@ -139,6 +141,7 @@ class DemoConfig:
             slices_per_volume=8,
             val_slices_per_volume=4,
             permutation_rounds=200,
+            log_interval=1,
             detect=False,
         )
 
@@ -301,7 +304,7 @@ def _train_config(paths: DemoPaths, config: DemoConfig, method: str) -> Any:
         val_slices_per_volume=config.val_slices_per_volume,
         cache_workers=max(1, config.workers),
         image_interval=max(1, config.epochs // 4),
-        log_interval=5,
+        log_interval=config.log_interval,
         progress=config.progress,
     )
 

@@ -162,7 +162,7 @@ def plot_training_curves(
     *,
     config: ReportConfig = ReportConfig(),
 ) -> Path | None:
-    """One panel per run (its TensorBoard folder): every logged loss against its step.
+    """One row per run (its TensorBoard folder), one panel per logged loss against its step.
 
     Returns:
         the PNG, or ``None`` when no run has any scalar.
@@ -171,14 +171,19 @@ def plot_training_curves(
     curves = {name: c for name, c in curves.items() if c}
     if not curves:
         return None
-    fig, axes = plt.subplots(
-        1, len(curves), figsize=(config.panel_size * 1.4 * len(curves), config.panel_size), squeeze=False
-    )
-    for ax, (name, tags) in zip(axes[0], curves.items()):
-        for tag, (steps, values) in sorted(tags.items()):
-            ax.plot(steps, values, marker="." if len(steps) < 30 else None, label=tag)
-        ax.set(title=name, xlabel="step (iteration or epoch)", ylabel="loss")
-        ax.legend(fontsize="x-small")
+    tags = sorted({tag for c in curves.values() for tag in c})
+    size = (config.panel_size * 1.4 * len(tags), config.panel_size * len(curves))
+    fig, axes = plt.subplots(len(curves), len(tags), figsize=size, squeeze=False)
+    for row, (name, run) in zip(axes, curves.items()):
+        for ax, tag in zip(row, tags):
+            if tag not in run:
+                ax.axis("off")
+                continue
+            steps, values = run[tag]
+            ax.plot(steps, values, marker="." if len(steps) < 30 else None)
+            unit = "epoch" if tag.startswith("val") else "iteration"
+            ax.set(title=f"{name}: {tag}", xlabel=unit, ylabel="loss")
+    fig.tight_layout()
     return _save(fig, out_path, config)
 
 
@@ -252,9 +257,10 @@ def write_report(
             md += [section.text.rstrip(), ""]
             parts.append(_markdown_to_html(section.text))
         for image in section.images:
-            md += [f"![{Path(image).stem}]({image})", ""]
+            alt = " ".join(Path(image).with_suffix("").parts[-4:])
+            md += [f"![{alt}]({image})", ""]
             parts.append(
-                f'<p><img src="{html.escape(image)}" alt="{html.escape(Path(image).stem)}" style="max-width:100%"></p>'
+                f'<p><img src="{html.escape(image)}" alt="{html.escape(alt)}" style="max-width:100%"></p>'
             )
     written = {"report.md": out / "report.md"}
     with atomic_path(written["report.md"]) as tmp:
@@ -303,9 +309,7 @@ def build_demo_report(paths: Any, methods: Sequence[str], stages: Mapping[str, A
     sections = [
         ReportSection(
             "Table 1 (synthetic demo)",
-            (table.read_text() if table.is_file() else "(no table)")
-            + "\n\nDice and AUPRC in %, l1 in 1e-3; `*`: Dice differs significantly from the best method "
-            "(paired permutation test, alpha 0.05).\n\n" + DEMO_DISCLAIMER,
+            (table.read_text() if table.is_file() else "(no table)") + "\n\n" + DEMO_DISCLAIMER,
         )
     ]
     sections.append(
