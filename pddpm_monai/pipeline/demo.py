@@ -344,9 +344,11 @@ def _stage_evaluate(paths: DemoPaths, config: DemoConfig) -> str:
         scorers.append((load_scorer(checkpoint, device=device), {"checkpoint": str(checkpoint)}))
     if config.thresh_baseline:
         scorers.append((ThreshScorer(), {}))
-    for scorer, extra in scorers:
+    for index, (scorer, extra) in enumerate(scorers):
         _say(f"evaluating {scorer.name}")
-        evaluate_method(scorer, paths.data_root, paths.results, fold=0, config=eval_config, extra=extra)
+        # overlays reload every pictured volume: drawn for the first method (pDDPM) only
+        config_i = dataclasses.replace(eval_config, figures=index == 0)
+        evaluate_method(scorer, paths.data_root, paths.results, fold=0, config=config_i, extra=extra)
     return f"{len(scorers)} method(s) in {paths.results}"
 
 

@@ -330,7 +330,8 @@ def build_demo_report(paths: Any, methods: Sequence[str], stages: Mapping[str, A
     sections.append(
         ReportSection(
             "Best, median and worst test cases",
-            "Input, reconstruction, anomaly map, binarised map (validation threshold) and ground truth.",
+            "Input, reconstruction, anomaly map, binarised map (validation threshold) and ground truth "
+            "(the PR curves above compare all methods).",
             _existing(overlays, out),
         )
     )
