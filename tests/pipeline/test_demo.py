@@ -23,7 +23,7 @@ def _table_cell(table_md: str, method: str, column: str) -> float:
     for line in lines[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
         if cells[0] == method:
-            return float(re.match(r"[-\d.]+", cells[header.index(column)]).group())
+            return float(re.match(r"[-\d.]+", cells[header.index(column)].strip("*")).group())
     raise AssertionError(f"no row {method!r} in the table")
 
 
