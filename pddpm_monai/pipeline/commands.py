@@ -121,7 +121,9 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument(
-        "--quick", action="store_true", help="a much smaller run (about a minute; what the test runs)"
+        "--quick",
+        action="store_true",
+        help="a much smaller run: synthetic data root, tiny pDDPM vs Thresh (what the test runs)",
     )
     p.add_argument("--device", default=None, help="auto, cpu, cuda (default auto)")
     p.add_argument("--workers", type=int, default=None, help="processes for synthesis/preprocessing")
