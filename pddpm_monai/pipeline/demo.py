@@ -14,8 +14,9 @@ Stages, in order (each calls the library function of its stage, not a subprocess
 Every stage is resumable: a finished stage is recorded in ``<out>/stages.json`` (written
 atomically) and skipped on a re-run ("skipped (already finished)"); inside a stage the library's
 own resume logic applies (finished subjects, ``last.pt``, per-volume evaluation records). The
-configuration of a demo folder is fixed by its ``demo_config.json``: another configuration needs
-another ``--out``.
+configuration of a demo folder is recorded in its ``demo_config.json``: another configuration needs
+another ``--out`` once a stage that depends on it has finished (changing, say, the training
+settings after the data stages is fine: those are reused).
 
 ``--quick`` (:meth:`DemoConfig.quick`) generates a small data root directly instead of raw scans
 (no preprocessing, no detect: HD-BET and registration cost most of the time), trains a tiny pDDPM
@@ -113,7 +114,7 @@ class DemoConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     methods: tuple[str, ...] = ("pddpm", "ddpm", "ae")
     method_options: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEMO_METHOD_OPTIONS))
-    epochs: int = 40
+    epochs: int = 15
     batch_size: int = 16
     lr: float = 1e-3
     slices_per_volume: int = 16
@@ -212,18 +213,41 @@ def _config_dict(config: DemoConfig) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config), default=list))
 
 
+#: the configuration fields each stage's outputs depend on (a later stage depends on the earlier ones)
+STAGE_FIELDS: dict[str, tuple[str, ...]] = {
+    "cohort": ("seed", "raw", "n_healthy", "n_tumour", "n_ms"),
+    "preprocess": ("preprocess",),
+    "splits": (),
+    "train": ("methods", "method_options", "epochs", "batch_size", "lr", "slices_per_volume",
+              "val_slices_per_volume", "log_interval", "device"),
+    "evaluate": ("thresh_baseline",),
+    "table": ("permutation_rounds",),
+    "detect": ("detect",),
+    "report": (),
+}  # fmt: skip
+
+
 def _check_config(paths: DemoPaths, config: DemoConfig) -> None:
-    """Record the configuration of a new demo folder; refuse another one in an existing folder."""
+    """Refuse a configuration that changes what a finished stage (or one before it) depended on.
+
+    Changing only options of stages that have not finished is allowed (e.g. the training settings
+    after the data stages): the finished stages are reused and ``demo_config.json`` is updated.
+    """
     wanted = {k: v for k, v in _config_dict(config).items() if k not in ("progress", "workers")}
     stored = _read_json(paths.config)
-    if stored and stored != wanted:
-        changed = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
-        raise InputError(
-            paths.out,
-            f"holds a demo with another configuration ({', '.join(changed)}): use another --out "
-            "(e.g. --quick and the full demo need separate folders)",
-        )
-    if not stored:
+    changed = {k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k)} if stored else set()
+    finished = _read_json(paths.stages)
+    depended: set[str] = set()
+    for stage in STAGES:
+        depended.update(STAGE_FIELDS[stage])
+        if stage in finished and changed & depended:
+            raise InputError(
+                paths.out,
+                f"holds a demo whose finished stage {stage!r} used another configuration "
+                f"({', '.join(sorted(changed & depended))}): use another --out "
+                "(e.g. --quick and the full demo need separate folders)",
+            )
+    if stored != wanted:
         save_json(wanted, paths.config)
 
 
