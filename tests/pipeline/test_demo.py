@@ -73,3 +73,17 @@ def test_corrupt_stage_record_is_a_one_line_error(tmp_path):
         run_demo(tmp_path, QUICK)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "data_root").exists(), "a stage ran despite the corrupt record"
+
+
+def test_changing_only_unfinished_stages_is_allowed(tmp_path):
+    from pddpm_monai.pipeline.demo import DemoPaths, _check_config
+
+    paths = DemoPaths(tmp_path)
+    _check_config(paths, QUICK)
+    (tmp_path / "stages.json").write_text(
+        json.dumps({s: {"finished": "t", "seconds": 0} for s in STAGES[:3]})
+    )
+    _check_config(paths, dataclasses.replace(QUICK, epochs=QUICK.epochs + 1))  # train has not finished
+    assert json.loads((tmp_path / "demo_config.json").read_text())["epochs"] == QUICK.epochs + 1
+    with pytest.raises(InputError, match="finished stage 'cohort' .*n_ms"):
+        _check_config(paths, dataclasses.replace(QUICK, n_ms=QUICK.n_ms + 1))
