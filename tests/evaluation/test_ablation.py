@@ -107,12 +107,17 @@ NET_96 = {
     "num_groups": 4,
     "mid_attention": False,
 }
+#: Gaussian noise keeps the test fast (simplex noise, the default, is tested in the diffusion package)
+GAUSSIAN = {"noise_type": "gaussian"}
 
 
 @pytest.fixture
 def pddpm_checkpoint(tmp_path):
     torch.manual_seed(0)
-    method = randomize(build_method("pddpm", {"network": NET_96, "patch_size": 48, "t_test": 500}), seed=3)
+    method = randomize(
+        build_method("pddpm", {"network": NET_96, "patch_size": 48, "t_test": 500, "diffusion": GAUSSIAN}),
+        seed=3,
+    )
     return save_method_checkpoint(tmp_path / "fold0.pt", method)
 
 
