@@ -135,6 +135,11 @@ class DetectResult:
     skipped: bool = False
 
 
+def _plain(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists), for comparisons with stored records."""
+    return json.loads(json.dumps(obj, default=str))
+
+
 def scan_name(path: str | os.PathLike) -> str:
     """The scan's file name without ``.nii.gz`` / ``.nii`` (the prefix of every output)."""
     name = Path(path).name
@@ -318,7 +323,13 @@ def _preprocessed(
     paths = {k: work / v for k, v in PREPROCESSED_FILES.items()}
     if not config.overwrite and all(p.is_file() for p in paths.values()):
         record = json.loads(paths["record"].read_text())
-        if record.get("source") == str(scan) and record.get("skull_stripped") == config.skull_stripped:
+        same = (
+            record.get("source") == str(scan)
+            and record.get("skull_stripped") == config.skull_stripped
+            and record.get("atlas") == atlas.describe()
+            and record.get("config") == _plain(dataclasses.asdict(config.preprocess))
+        )
+        if same:
             t2, affine = read_nifti(paths["t2"])
             mask, _ = read_nifti(paths["mask"], dtype=np.uint8)
             return t2, mask, affine, record
@@ -393,7 +404,8 @@ def detect_scan(
         config: every option (threshold, device, preprocessing, post-processing).
 
     Returns:
-        the :class:`DetectResult`; ``skipped`` when the summary existed (and not ``overwrite``).
+        the :class:`DetectResult`; ``skipped`` when the summary of the same scan, checkpoint and
+        configuration existed (and not ``overwrite``).
 
     Raises:
         InputError: a bad scan (not NIfTI, not 3-D, empty, NaN), a bad checkpoint (missing, corrupt,
@@ -403,7 +415,12 @@ def detect_scan(
     scan, checkpoint, out = Path(scan), Path(checkpoint), Path(out_dir)
     paths = output_paths(scan, out)
     if not config.overwrite and all(p.is_file() for p in paths.values()):
-        return DetectResult(paths, json.loads(paths["summary"].read_text()), skipped=True)
+        previous = json.loads(paths["summary"].read_text())
+        same_run = previous.get("config") == _plain(dataclasses.asdict(config)) and previous.get(
+            "model", {}
+        ).get("checkpoint") == str(checkpoint)
+        if same_run:
+            return DetectResult(paths, previous, skipped=True)
     native_image, native_affine = read_nifti(scan)  # one-line errors before any heavy work
     scorer = _load_scorer(checkpoint, config)
     threshold, source = resolve_threshold(
@@ -444,7 +461,7 @@ def detect_scan(
         "preprocessing_seconds": record.get("seconds", {}),
         "seconds": round(time.perf_counter() - start, 2),
         "outputs": {k: str(p) for k, p in paths.items()},
-        "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
+        "config": _plain(dataclasses.asdict(config)),
     }
     save_json(summary, paths["summary"])  # last: marks the scan finished
     return DetectResult(paths, summary)
