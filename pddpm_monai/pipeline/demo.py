@@ -50,11 +50,11 @@ STAGES: tuple[str, ...] = ("cohort", "preprocess", "splits", "train", "evaluate"
 
 #: the demo's small diffusion UNet (the paper's is 128 channels, 3 blocks per level: ~35 M parameters)
 DEMO_UNET: dict[str, Any] = {
-    "model_channels": 32,
+    "model_channels": 16,
     "channel_mult": [1, 2, 2],
     "num_res_blocks": 1,
     "num_groups": 8,
-    "num_head_channels": 32,
+    "num_head_channels": 16,
 }
 #: the quick mode's tiny UNet (as the engine tests')
 QUICK_UNET: dict[str, Any] = {
@@ -114,7 +114,7 @@ class DemoConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     methods: tuple[str, ...] = ("pddpm", "ddpm", "ae")
     method_options: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEMO_METHOD_OPTIONS))
-    epochs: int = 15
+    epochs: int = 12
     batch_size: int = 16
     lr: float = 1e-3
     slices_per_volume: int = 16
