@@ -107,6 +107,8 @@ def _tiny_data_root(root: Path, img: np.ndarray, mask: np.ndarray) -> Path:
 
 
 def _run(args: list[str], *, limit_file_size: int | None = None) -> subprocess.CompletedProcess:
+    """``python -m pddpm_monai ARGS`` (or ``python -m MODULE ...`` when ARGS starts with ``-m``)."""
+
     def limits() -> None:
         if limit_file_size is not None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
@@ -114,7 +116,7 @@ def _run(args: list[str], *, limit_file_size: int | None = None) -> subprocess.C
 
     environ = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     return subprocess.run(
-        [sys.executable, "-m", "pddpm_monai", *args],
+        [sys.executable, *(args if args[0] == "-m" else ["-m", "pddpm_monai", *args])],
         capture_output=True,
         text=True,
         timeout=300,
@@ -329,6 +331,81 @@ def case_missing_atlas(env, tmp):
         str(tmp / "nowhere"),
     ]
     return args, "nowhere", tmp / "root"
+
+
+def case_detect_4d(env, tmp):
+    bad = _nifti(tmp / "dwi_series.nii.gz", np.ones((*SHAPE, 4), np.float32))
+    args = [
+        "detect",
+        str(bad),
+        "--checkpoint",
+        str(env.checkpoint),
+        "--out",
+        str(tmp / "out"),
+        "--skull-stripped",
+    ]
+    return args, "dwi_series.nii.gz: expected a 3-D image", tmp / "out"
+
+
+def case_detect_not_nifti(env, tmp):
+    bad = tmp / "report.pdf"
+    bad.write_bytes(b"%PDF-1.4 not an image")
+    args = [
+        "detect",
+        str(bad),
+        "--checkpoint",
+        str(env.checkpoint),
+        "--out",
+        str(tmp / "out"),
+        "--skull-stripped",
+    ]
+    return args, "report.pdf", tmp / "out"
+
+
+def case_ablate_ddpm_checkpoint(env, tmp):
+    from pddpm_monai.engines.checkpoint import save_method_checkpoint
+    from pddpm_monai.engines.methods import build_method
+
+    tiny = {
+        "model_channels": 8,
+        "channel_mult": [1],
+        "num_res_blocks": 1,
+        "num_groups": 4,
+        "num_head_channels": 8,
+    }
+    ckpt = save_method_checkpoint(tmp / "ddpm.pt", build_method("ddpm", {"network": tiny}))
+    args = ["ablate", "--checkpoint", str(ckpt), "--data-root", str(env.data_root), "--out", str(tmp / "abl")]
+    return args + ["--patch-sizes", "32", "--t-test", "400"], "ddpm.pt", tmp / "abl"
+
+
+def case_splits_without_images(env, tmp):
+    (tmp / "empty_root").mkdir()
+    return ["splits", "--data-root", str(tmp / "empty_root")], "empty_root", tmp / "empty_root"
+
+
+def case_table_not_a_results_folder(env, tmp):
+    (tmp / "nothing_here").mkdir()
+    return ["table", str(tmp / "nothing_here"), "--out", str(tmp / "tab")], "nothing_here", tmp / "tab"
+
+
+def case_bundle_unknown_key(env, tmp):
+    bundle = Path(__file__).resolve().parents[1] / "bundles" / "pddpm_brain_uad"
+    config = str(bundle / "configs" / "train.json")
+    args = [
+        "-m",
+        "pddpm_monai.bundle_check",
+        "check",
+        "training",
+        "--config_file",
+        config,
+        "--bundle_root",
+        str(bundle),
+    ]
+    return (
+        args + ["--data_root", str(env.data_root), "--pach_size", "60"],
+        "unknown override key.*pach_size",
+        None,
+    )
 
 
 CASES: dict[str, Callable] = {
