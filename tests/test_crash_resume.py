@@ -122,7 +122,8 @@ def test_killed_preprocessing_resumes_to_the_same_root(raw, reference_root, tmp_
     _kill_at_random(_preprocess(raw, root, "--no-progress"), seconds, seed, root)
     if root.exists():
         _assert_complete(root)
-    finished_before = len(list((root / "Test/Brats21/t2").glob("*.nii.gz"))) if root.exists() else 0
+    # a subject is finished once its record (written last, atomically) exists
+    finished_before = len(list((root / "Test/Brats21/records").glob("*.json"))) if root.exists() else 0
     result = _run(_preprocess(raw, root, "--no-progress"))
     assert f"skipped {finished_before}" in result.stdout + result.stderr
     _assert_same_tree(reference, root)
