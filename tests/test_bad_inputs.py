@@ -333,33 +333,19 @@ def case_missing_atlas(env, tmp):
     return args, "nowhere", tmp / "root"
 
 
+def _detect(env: Env, scan: Path, out: Path) -> list[str]:
+    return ["detect", str(scan), "--checkpoint", str(env.checkpoint), "--out", str(out), "--skull-stripped"]
+
+
 def case_detect_4d(env, tmp):
     bad = _nifti(tmp / "dwi_series.nii.gz", np.ones((*SHAPE, 4), np.float32))
-    args = [
-        "detect",
-        str(bad),
-        "--checkpoint",
-        str(env.checkpoint),
-        "--out",
-        str(tmp / "out"),
-        "--skull-stripped",
-    ]
-    return args, "dwi_series.nii.gz: expected a 3-D image", tmp / "out"
+    return _detect(env, bad, tmp / "out"), "dwi_series.nii.gz: expected a 3-D image", tmp / "out"
 
 
 def case_detect_not_nifti(env, tmp):
     bad = tmp / "report.pdf"
     bad.write_bytes(b"%PDF-1.4 not an image")
-    args = [
-        "detect",
-        str(bad),
-        "--checkpoint",
-        str(env.checkpoint),
-        "--out",
-        str(tmp / "out"),
-        "--skull-stripped",
-    ]
-    return args, "report.pdf", tmp / "out"
+    return _detect(env, bad, tmp / "out"), "report.pdf", tmp / "out"
 
 
 def case_ablate_ddpm_checkpoint(env, tmp):
