@@ -7,8 +7,6 @@ second, and the split CSVs of :func:`~pddpm_monai.data.synthetic.cohort.write_ro
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import pytest
 
 from pddpm_monai.data.synthetic.cohort import brats_id, ixi_id, mslub_id, write_root_splits
 from pddpm_monai.utils import save_nifti
+from tests.conftest import shared_once  # noqa: F401 (re-exported to test modules)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = REPO_ROOT / "bundles" / "pddpm_brain_uad"
@@ -82,23 +81,6 @@ def make_tiny_root(out: Path, seed: int = 0) -> Path:
     ages = list(rng.uniform(20, 80, N_HEALTHY))
     write_root_splits(out, n_healthy=N_HEALTHY, n_tumour=N_TUMOUR, n_ms=N_MS, ages=ages, seed=seed)
     return out
-
-
-def shared_once(tmp_path_factory: pytest.TempPathFactory, name: str, make) -> Path:
-    """``make(folder)`` once per test run, shared by the pytest-xdist workers (file lock + marker)."""
-    from filelock import FileLock
-
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent  # the workers' common temporary folder
-    folder, done = base / name, base / f"{name}.done"
-    with FileLock(str(base / f"{name}.lock")):
-        if not done.is_file():
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-            make(folder)
-            done.touch()
-    return folder
 
 
 @pytest.fixture(scope="session")

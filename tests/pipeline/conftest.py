@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import shared_once
 
 #: the engine tests' tiny UNet (for checkpoints that are built, not trained)
 TINY_NET = {
@@ -31,22 +31,6 @@ def quick_config():
     from pddpm_monai.pipeline.demo import DemoConfig
 
     return dataclasses.replace(DemoConfig.quick(), progress=False)
-
-
-def shared_once(tmp_path_factory: pytest.TempPathFactory, name: str, make) -> Path:
-    """``make(folder)`` once per test run, shared by the pytest-xdist workers (file lock + marker)."""
-    from filelock import FileLock
-
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent  # the workers' common temporary folder
-    folder, done = base / name, base / f"{name}.done"
-    with FileLock(str(base / f"{name}.lock")):
-        if not done.is_file():
-            shutil.rmtree(folder, ignore_errors=True)
-            make(folder)
-            done.touch()
-    return folder
 
 
 @pytest.fixture(scope="session")
