@@ -11,12 +11,14 @@ Usage::
     python benchmarks/bench_quality.py --out /tmp/bench_quality            # Table 1 rows (CPU)
     python benchmarks/bench_quality.py --out /tmp/bench_quality --variants # + the pDDPM variants (resumes)
     python benchmarks/bench_quality.py --out /tmp/bench_quality --quick    # smoke check
-    python benchmarks/bench_quality.py --device cuda --scale 4            # larger networks/cohort on a GPU
+    python benchmarks/bench_quality.py --device cuda --scale 4 --folds 3  # larger, with ± std over folds (GPU)
 
 The paper's expected ordering (Dice and AUPRC): pDDPM (fixed + L_p) > DDPM > AE > Thresh. Hyper-
 parameters are the methods' defaults (t_test 500, patch 48, beta 0.001, ...); only the network
 widths and the number of iterations are scaled down. Nothing is tuned to force the ordering.
-Everything is resumable: re-running skips finished training runs and evaluated volumes.
+Everything is resumable: re-running skips finished training runs and evaluated volumes. Every
+subject is loaded once (a shared cached :class:`~pddpm_monai.evaluation.VolumeLoader`) and scored
+by every method, fold and ablation setting.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch
 from pddpm_monai.data.synthetic import make_synthetic_root
 from pddpm_monai.engines.checkpoint import load_scorer
 from pddpm_monai.engines.trainer import TrainConfig, load_volumes, train
-from pddpm_monai.evaluation import EvaluationConfig, ThreshScorer, evaluate_method
+from pddpm_monai.evaluation import EvaluationConfig, ThreshScorer, VolumeLoader, evaluate_method
 from pddpm_monai.evaluation.ablation import AblationConfig, Setting, run_ablation
 from pddpm_monai.evaluation.stats import PermutationConfig
 from pddpm_monai.evaluation.table import write_table
@@ -66,6 +68,9 @@ class BenchConfig:
     ensemble: tuple[Setting, ...] = (Setting(48, 500), Setting(60, 400))
     permutation_rounds: int = 1000
     datasets: tuple[str, ...] = ("brats21", "mslub", "ixi")
+    folds: int = 1
+    max_minutes: float = 0.0
+    workers: int = 2
     seed: int = 0
 
 
@@ -129,6 +134,20 @@ def _cpu_name() -> str:
         return platform.processor() or "?"
 
 
+def _train_fold(
+    cfg: BenchConfig, base: TrainConfig, out: Path, fold: int, timings: dict[str, float]
+) -> tuple[list[dict], list[dict], int, int]:
+    """The cached training/validation volumes of one fold, and its epochs and iterations."""
+    t0 = time.perf_counter()
+    train_volumes, val_volumes = load_volumes(replace(base, fold=fold, out_dir=str(out / "train")))
+    train_volumes = [dict(train_volumes[i]) for i in range(len(train_volumes))]
+    val_volumes = [dict(val_volumes[i]) for i in range(len(val_volumes))]
+    timings[f"fold{fold} load volumes"] = time.perf_counter() - t0
+    per_epoch = max(1, len(train_volumes) * cfg.slices_per_volume // cfg.batch_size)
+    epochs = max(1, -(-cfg.iterations // per_epoch))
+    return train_volumes, val_volumes, epochs, per_epoch
+
+
 def run(cfg: BenchConfig, out: Path, device: str, root: Path | None = None) -> dict[str, Any]:
     """Generate, train, evaluate, tabulate (after every method) and ablate; returns timings and paths."""
     timings: dict[str, float] = {}
@@ -136,8 +155,9 @@ def run(cfg: BenchConfig, out: Path, device: str, root: Path | None = None) -> d
     t0 = time.perf_counter()
     if not (root / "splits" / "MSLUB_test.csv").is_file():
         make_synthetic_root(
-            root, n_healthy=cfg.n_healthy, n_tumour=cfg.n_tumour, n_ms=cfg.n_ms, seed=cfg.seed, workers=2
-        )
+            root, n_healthy=cfg.n_healthy, n_tumour=cfg.n_tumour, n_ms=cfg.n_ms, seed=cfg.seed,
+            workers=cfg.workers,
+        )  # fmt: skip
     timings["cohort"] = time.perf_counter() - t0
 
     base = TrainConfig(
@@ -152,41 +172,42 @@ def run(cfg: BenchConfig, out: Path, device: str, root: Path | None = None) -> d
         val_slices_per_volume=4,
         image_interval=0,
         log_interval=10,
-        cache_workers=2,
+        cache_workers=cfg.workers,
     )
-    t0 = time.perf_counter()
-    train_volumes, val_volumes = load_volumes(replace(base, out_dir=str(out / "train")))
-    train_volumes = [dict(train_volumes[i]) for i in range(len(train_volumes))]
-    val_volumes = [dict(val_volumes[i]) for i in range(len(val_volumes))]
-    timings["load volumes"] = time.perf_counter() - t0
-    per_epoch = max(1, len(train_volumes) * cfg.slices_per_volume // cfg.batch_size)
-    epochs = max(1, -(-cfg.iterations // per_epoch))
-    val_interval = max(1, epochs // 5)
-
     evaluation = EvaluationConfig(datasets=cfg.datasets, save_nifti=False, figures=False, progress=False)
+    loader = VolumeLoader(evaluation, cache=True)
     permutation = PermutationConfig(rounds=cfg.permutation_rounds)
     results = out / "results"
     t0 = time.perf_counter()
-    evaluate_method(ThreshScorer(), root, results, config=evaluation)
+    evaluate_method(ThreshScorer(), root, results, config=evaluation, loader=loader)
     timings["evaluate Thresh"] = time.perf_counter() - t0
-    checkpoints: dict[str, Path] = {}
+    main_checkpoints: list[Path] = []
     table: dict[str, Path] = {}
-    for name, (method, options) in method_options(cfg).items():
-        t0 = time.perf_counter()
-        config = replace(
-            base, out_dir=str(out / "train" / _slug(name)), method=method, method_options=options,
-            epochs=epochs, val_interval=val_interval,
-        )  # fmt: skip
-        checkpoints[name] = train(config, train_volumes=train_volumes, val_volumes=val_volumes)
-        timings[f"train {name}"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        scorer = load_scorer(checkpoints[name], device=device, name=name)
-        extra = {"checkpoint": str(checkpoints[name])}
-        evaluate_method(scorer, root, results, config=evaluation, extra=extra)
-        timings[f"evaluate {name}"] = time.perf_counter() - t0
-        table = write_table([results], out, config=permutation, figures=False)  # the table so far
-        save_json(timings, out / "timings.json")
-        print(f"{name}: trained and evaluated ({table['table.md']})", flush=True)
+    epochs = per_epoch = 0
+    start = time.perf_counter()
+    for fold in range(cfg.folds):
+        if fold and cfg.max_minutes and time.perf_counter() - start > 60 * cfg.max_minutes:
+            print(f"time budget of {cfg.max_minutes} min spent: folds 0..{fold - 1} only", flush=True)
+            break
+        train_volumes, val_volumes, epochs, per_epoch = _train_fold(cfg, base, out, fold, timings)
+        for name, (method, options) in method_options(cfg).items():
+            t0 = time.perf_counter()
+            config = replace(
+                base, out_dir=str(out / "train" / f"fold{fold}" / _slug(name)), fold=fold, method=method,
+                method_options=options, epochs=epochs, val_interval=max(1, epochs // 5),
+            )  # fmt: skip
+            checkpoint = train(config, train_volumes=train_volumes, val_volumes=val_volumes)
+            timings[f"fold{fold} train {name}"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            scorer = load_scorer(checkpoint, device=device, name=name)
+            extra = {"checkpoint": str(checkpoint)}
+            evaluate_method(scorer, root, results, fold=fold, config=evaluation, extra=extra, loader=loader)
+            timings[f"fold{fold} evaluate {name}"] = time.perf_counter() - t0
+            if name == "pDDPM fixed L_p":
+                main_checkpoints.append(checkpoint)
+            table = write_table([results], out, config=permutation, figures=False)  # the table so far
+            save_json(timings, out / "timings.json")
+            print(f"fold {fold} {name}: trained and evaluated ({table['table.md']})", flush=True)
 
     t0 = time.perf_counter()
     ablation = AblationConfig(
@@ -196,7 +217,7 @@ def run(cfg: BenchConfig, out: Path, device: str, root: Path | None = None) -> d
         evaluation=replace(evaluation, datasets=tuple(d for d in cfg.datasets if d != "ixi")),
         device=device,
     )
-    ablation_csv = run_ablation([checkpoints["pDDPM fixed L_p"]], root, out / "ablation", ablation)
+    ablation_csv = run_ablation(main_checkpoints, root, out / "ablation", ablation)
     timings["ablation + ensemble"] = time.perf_counter() - t0
     save_json(timings, out / "timings.json")
     return {
@@ -221,6 +242,14 @@ def main() -> None:
         "--variants", action="store_true", help="also the pDDPM variants (random sampling, L_rec)"
     )
     parser.add_argument("--root", type=Path, default=None, help="an existing synthetic data root to reuse")
+    parser.add_argument("--folds", type=int, default=None, help="train/evaluate folds 0..N-1 (± std)")
+    parser.add_argument("--workers", type=int, default=None, help="processes for the cohort and the cache")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="start no further fold after this (ablation still runs)",
+    )
     args = parser.parse_args()
     cfg = QUICK if args.quick else BenchConfig()
     if args.scale > 1:
@@ -234,6 +263,12 @@ def main() -> None:
         cfg = replace(cfg, iterations=args.iterations)
     if args.variants:
         cfg = replace(cfg, variants=True)
+    if args.folds is not None:
+        cfg = replace(cfg, folds=args.folds)
+    if args.workers is not None:
+        cfg = replace(cfg, workers=args.workers)
+    if args.max_minutes is not None:
+        cfg = replace(cfg, max_minutes=args.max_minutes)
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
     info = run(cfg, args.out, args.device, args.root)

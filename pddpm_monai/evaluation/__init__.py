@@ -5,7 +5,7 @@ Everything after the anomaly map, shared by every method: a method is an
 :func:`~pddpm_monai.evaluation.evaluate.evaluate_method` does the rest.
 """
 
-from pddpm_monai.evaluation.evaluate import DATASETS, EvaluationConfig, evaluate_method
+from pddpm_monai.evaluation.evaluate import DATASETS, EvaluationConfig, VolumeLoader, evaluate_method
 from pddpm_monai.evaluation.metrics import (
     VolumeMetrics,
     average_precision,
@@ -21,6 +21,7 @@ __all__ = [
     "DATASETS",
     "EvaluationConfig",
     "evaluate_method",
+    "VolumeLoader",
     "VolumeMetrics",
     "average_precision",
     "dice_score",

@@ -34,7 +34,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
-from pddpm_monai.evaluation.evaluate import DATASETS, EvaluationConfig, evaluate_method
+from pddpm_monai.evaluation.evaluate import DATASETS, EvaluationConfig, VolumeLoader, evaluate_method
 from pddpm_monai.evaluation.scorers import AnomalyScorer
 from pddpm_monai.utils import InputError, atomic_path, save_json
 
@@ -283,6 +283,7 @@ def run_ablation(
             "--patch-sizes/--t-test", "nothing to evaluate: give patch sizes, t_test values or --ensemble"
         )
     out, runs = Path(out_dir), Path(out_dir) / "runs"
+    loader = VolumeLoader(config.evaluation, cache=True)  # every setting scores the same volumes
     rows: list[dict[str, Any]] = []
     for fold, checkpoint in enumerate(map(Path, checkpoints)):
         base = _checkpoint_base(checkpoint)
@@ -296,14 +297,20 @@ def run_ablation(
                     "t_test": setting.t_test,
                 }
                 done[setting] = evaluate_method(
-                    scorer, data_root, runs, fold=fold, config=config.evaluation, extra=extra
+                    scorer, data_root, runs, fold=fold, config=config.evaluation, extra=extra, loader=loader
                 )
             rows += _summary_rows(done[setting], sweep, setting.name, setting, fold)
         if config.ensemble:
             members = [_scorer(checkpoint, s, config, s.name) for s in config.ensemble]
             extra = {"checkpoint": str(checkpoint), "members": [s._asdict() for s in config.ensemble]}
             run = evaluate_method(
-                EnsembleScorer(members), data_root, runs, fold=fold, config=config.evaluation, extra=extra
+                EnsembleScorer(members),
+                data_root,
+                runs,
+                fold=fold,
+                config=config.evaluation,
+                extra=extra,
+                loader=loader,
             )
             rows += _summary_rows(run, "ensemble", ENSEMBLE_NAME, None, fold)
     csv_path = out / "ablation.csv"

@@ -19,7 +19,7 @@ CHECKPOINT_FREE_METHODS = ("thresh",)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from pddpm_monai.evaluation.evaluate import EvaluationConfig, evaluate_method
+    from pddpm_monai.evaluation.evaluate import EvaluationConfig, VolumeLoader, evaluate_method
     from pddpm_monai.evaluation.scorers import ThreshScorer, load_checkpoint_scorer
 
     checkpoints = args.checkpoint or []
@@ -51,12 +51,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 0
     if len(folds) != len(checkpoints):
         raise InputError("--fold", f"{len(checkpoints)} checkpoint(s) but {len(folds)} fold number(s)")
+    loader = VolumeLoader(config, cache=len(checkpoints) > 1)  # folds score the same test volumes
     for checkpoint, fold in zip(checkpoints, folds):
         scorer = load_checkpoint_scorer(
             checkpoint, t_test=args.t_test, patch_size=args.patch_size, device=args.device
         )
         extra = {"checkpoint": str(checkpoint), "t_test": args.t_test, "patch_size": args.patch_size}
-        run = evaluate_method(scorer, args.data_root, args.out, fold=fold, config=config, extra=extra)
+        run = evaluate_method(
+            scorer, args.data_root, args.out, fold=fold, config=config, extra=extra, loader=loader
+        )
         print(run)
     return 0
 

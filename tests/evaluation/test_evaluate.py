@@ -15,7 +15,7 @@ import torch
 
 from pddpm_monai.cli import main as cli_main
 from pddpm_monai.data.datalist import read_split_csv, split_path
-from pddpm_monai.evaluation.evaluate import METRIC_COLUMNS, EvaluationConfig, evaluate_method
+from pddpm_monai.evaluation.evaluate import METRIC_COLUMNS, EvaluationConfig, VolumeLoader, evaluate_method
 from pddpm_monai.evaluation.postprocess import PostprocessConfig, binarize, postprocess_anomaly_map
 from pddpm_monai.evaluation.scorers import ThreshScorer
 from pddpm_monai.evaluation.threshold import ValidationPool
@@ -347,3 +347,38 @@ def test_synthetic_cohort_root_with_a_perfect_method(tmp_path):
     rows = _rows(run)
     # tumour voxels at the brain border fall outside the eroded mask: AUPRC stays below Dice here
     assert len(rows) == 1 and float(rows[0]["dice"]) > 0.9 and float(rows[0]["auprc"]) > 0.85
+
+
+class InPlaceThresh(ThreshScorer):
+    """Thresh that scribbles over its input afterwards (a cached loader must not keep the scribble)."""
+
+    name = "InPlace"
+
+    def __call__(self, image, mask):
+        out = super().__call__(image, mask)
+        out = (out[0], out[1].clone())
+        image.fill_(7.0)
+        return out
+
+
+def test_shared_cached_loader_loads_each_subject_once_and_changes_nothing(tiny_root, tmp_path, thresh_run):
+    config = _config(datasets=("brats21", "ixi"), figures=False, save_nifti=False)
+    loader = VolumeLoader(config, cache=True)
+    loads = []
+    transform = loader._model
+    loader._model = lambda subject: loads.append(subject["image"]) or transform(subject)
+    first = evaluate_method(InPlaceThresh(), tiny_root, tmp_path / "a", config=config, loader=loader)
+    n_subjects = len(loads)
+    second = evaluate_method(ThreshScorer(), tiny_root, tmp_path / "b", config=config, loader=loader)
+    assert n_subjects == len(set(loads)) > 0 and len(loads) == n_subjects  # nothing loaded twice
+    expected = [r for r in _rows(thresh_run) if r["dataset"] in ("brats21", "ixi")]
+    for run in (first, second):  # the scribbling scorer's input was a copy: same metrics as uncached
+        assert [{k: r[k] for k in METRIC_COLUMNS} for r in _rows(run)] == [
+            {k: r[k] for k in METRIC_COLUMNS} for r in expected
+        ]
+
+
+def test_loader_refuses_other_loading_settings(tiny_root, tmp_path):
+    loader = VolumeLoader(_config())
+    with pytest.raises(ValueError, match="loading"):
+        evaluate_method(ThreshScorer(), tiny_root, tmp_path, config=_config(smooth=False), loader=loader)

@@ -45,6 +45,8 @@ _STREAMS = {"healthy": 1, "tumour": 2, "ms": 3, "demographics": 4, "splits": 5}
 _FAR_MM = 100.0
 #: the brain median is taken over voxels whose brain-mask value exceeds this
 _MASK_LEVEL = 0.5
+#: skull-stripped (atlas-space) subjects keep the partial-volume rim down to this brain-mask value
+_RIM_LEVEL = 0.2
 #: tumour centres: white-matter probability above this, above this MNI z (mm; spares the cerebellum)
 _TUMOUR_MIN_WM, _TUMOUR_MIN_Z_MM = 0.6, 0.0
 
@@ -291,9 +293,16 @@ def atlas_subject(
         deformation.extra.append(tumour.displacement)
     step = cfg.root_render_step if grid == "root" else 1
     out = render_stepped(_atlas_channels(cfg), atlas.affine, shape, affine, np.eye(4), deformation, step)
-    brain = out[1] > _MASK_LEVEL
-    image = out[0] * _texture(rng, shape, cfg) * brain
-    median = float(np.median(image[brain]))
+    # a skull-stripped scan keeps a partial-volume rim (a brain mask from HD-BET, ROBEX, ... ends a
+    # voxel outside the brain, where the voxels are part tissue, part bone or background): the
+    # image is weighted by the soft template mask and the mask keeps that dark rim, as the HD-BET
+    # masks of the raw healthy scans do; without it, the masked 1st percentile of the intensity
+    # normalisation falls on white matter here but on the rim there (a contrast shift between
+    # the preprocessed healthy training scans and these test scans)
+    soft = np.clip(out[1], 0.0, 1.0)
+    brain = soft > _RIM_LEVEL
+    image = out[0] * _texture(rng, shape, cfg) * soft
+    median = float(np.median(image[soft > _MASK_LEVEL]))
     seg = None
     if tumour is not None:
         seg = paint_tumour(image, brain, affine, tumour, median, cfg.tumour.blend_mm)
