@@ -70,6 +70,9 @@ class BenchConfig:
     datasets: tuple[str, ...] = ("brats21", "mslub", "ixi")
     folds: int = 1
     max_minutes: float = 0.0
+    amp: bool = True
+    methods: tuple[str, ...] = ()
+    ablation: bool = True
     workers: int = 2
     seed: int = 0
 
@@ -173,6 +176,7 @@ def run(cfg: BenchConfig, out: Path, device: str, root: Path | None = None) -> d
         image_interval=0,
         log_interval=10,
         cache_workers=cfg.workers,
+        amp=cfg.amp,
     )
     evaluation = EvaluationConfig(datasets=cfg.datasets, save_nifti=False, figures=False, progress=False)
     loader = VolumeLoader(evaluation, cache=True)
@@ -191,6 +195,8 @@ def run(cfg: BenchConfig, out: Path, device: str, root: Path | None = None) -> d
             break
         train_volumes, val_volumes, epochs, per_epoch = _train_fold(cfg, base, out, fold, timings)
         for name, (method, options) in method_options(cfg).items():
+            if cfg.methods and name not in cfg.methods:
+                continue
             t0 = time.perf_counter()
             config = replace(
                 base, out_dir=str(out / "train" / f"fold{fold}" / _slug(name)), fold=fold, method=method,
@@ -209,21 +215,23 @@ def run(cfg: BenchConfig, out: Path, device: str, root: Path | None = None) -> d
             save_json(timings, out / "timings.json")
             print(f"fold {fold} {name}: trained and evaluated ({table['table.md']})", flush=True)
 
-    t0 = time.perf_counter()
-    ablation = AblationConfig(
-        patch_sizes=cfg.ablation_patch_sizes,
-        t_tests=cfg.ablation_t_tests,
-        ensemble=cfg.ensemble,
-        evaluation=replace(evaluation, datasets=tuple(d for d in cfg.datasets if d != "ixi")),
-        device=device,
-    )
-    ablation_csv = run_ablation(main_checkpoints, root, out / "ablation", ablation)
-    timings["ablation + ensemble"] = time.perf_counter() - t0
-    save_json(timings, out / "timings.json")
+    ablation_csv = None
+    if main_checkpoints and cfg.ablation:
+        t0 = time.perf_counter()
+        ablation = AblationConfig(
+            patch_sizes=cfg.ablation_patch_sizes,
+            t_tests=cfg.ablation_t_tests,
+            ensemble=cfg.ensemble,
+            evaluation=replace(evaluation, datasets=tuple(d for d in cfg.datasets if d != "ixi")),
+            device=device,
+        )
+        ablation_csv = run_ablation(main_checkpoints, root, out / "ablation", ablation)
+        timings["ablation + ensemble"] = time.perf_counter() - t0
+        save_json(timings, out / "timings.json")
     return {
         "timings": timings,
         "table": str(table["table.md"]),
-        "ablation": str(ablation_csv),
+        "ablation": ablation_csv,
         "epochs": epochs,
         "iterations": epochs * per_epoch,
     }
@@ -244,6 +252,11 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=None, help="an existing synthetic data root to reuse")
     parser.add_argument("--folds", type=int, default=None, help="train/evaluate folds 0..N-1 (± std)")
     parser.add_argument("--workers", type=int, default=None, help="processes for the cohort and the cache")
+    parser.add_argument(
+        "--no-amp", action="store_true", help="train in float32 on CUDA (default: bf16 autocast)"
+    )
+    parser.add_argument("--no-ablation", action="store_true", help="skip the Fig. 3 sweeps and the ensemble")
+    parser.add_argument("--methods", nargs="+", help="only these rows, e.g. 'pDDPM fixed L_p' DDPM AE")
     parser.add_argument(
         "--max-minutes",
         type=float,
@@ -269,6 +282,12 @@ def main() -> None:
         cfg = replace(cfg, workers=args.workers)
     if args.max_minutes is not None:
         cfg = replace(cfg, max_minutes=args.max_minutes)
+    if args.no_amp:
+        cfg = replace(cfg, amp=False)
+    if args.methods:
+        cfg = replace(cfg, methods=tuple(args.methods))
+    if args.no_ablation:
+        cfg = replace(cfg, ablation=False)
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
     info = run(cfg, args.out, args.device, args.root)
@@ -281,6 +300,8 @@ def main() -> None:
     for key, seconds in info["timings"].items():
         print(f"  {key:28s} {seconds:7.1f} s")
     print(Path(info["table"]).read_text())
+    if info["ablation"] is None:
+        return
     print(Path(info["ablation"]).read_text())
     ensemble = Path(info["ablation"]).parent / "ensemble.json"
     if ensemble.is_file():
