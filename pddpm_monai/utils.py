@@ -7,6 +7,7 @@ problem (:class:`InputError`), and so that no partial output file is ever visibl
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -54,13 +55,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     The temporary name keeps the final suffixes (``.nii.gz``, ``.pt``) so that writers that infer
-    the format from the name work; it starts with ``.`` and contains ``.tmp-`` so that it is never
-    mistaken for a finished output. On error the temporary file is removed.
+    the format from the name work; it starts with ``.`` and contains ``.tmp-<pid>-`` so that it is
+    never mistaken for a finished output. On error the temporary file is removed; temporaries of the
+    same output left by a writer that was killed (its process is gone) are removed after the next
+    successful write.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_tmp_prefix(path)}{os.getpid()}-", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -69,6 +72,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    _remove_orphans(path)
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.stem}.tmp-"
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_orphans(path: Path) -> None:
+    """Remove temporaries of ``path`` whose writer process no longer exists (it was killed)."""
+    prefix = _tmp_prefix(path)
+    for candidate in path.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = candidate.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            candidate.unlink(missing_ok=True)
 
 
 def ensure_output_dir(path: str | os.PathLike) -> Path:

@@ -12,6 +12,7 @@ from pddpm_monai.utils import (
     load_checkpoint,
     read_nifti,
     save_checkpoint,
+    save_json,
     save_nifti,
 )
 
@@ -65,6 +66,23 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
     save_nifti(np.ones((2, 2, 2), np.float32), np.eye(4), target)
     assert [p.name for p in tmp_path.iterdir()] == ["out.nii.gz"]
+
+
+def test_atomic_path_removes_temporaries_of_killed_writers_only(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # its pid now names no process (a killed writer's)
+    target = tmp_path / "out.json"
+    dead = tmp_path / f".out.tmp-{child.pid}-abc.json"
+    alive = tmp_path / f".out.tmp-{os.getppid()}-def.json"  # a writer that is still running
+    other = tmp_path / f".other.tmp-{child.pid}-ghi.json"  # another output's temporary
+    for p in (dead, alive, other):
+        p.write_text("partial")
+    save_json({"a": 1}, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.json", alive.name, other.name])
 
 
 def test_check_same_grid(tmp_path):
