@@ -55,7 +55,7 @@ class BenchConfig:
     n_healthy: int = 14
     n_tumour: int = 8
     n_ms: int = 6
-    iterations: int = 200
+    iterations: int = 1000
     batch_size: int = 8
     slices_per_volume: int = 8
     lr: float = 1e-3
