@@ -116,7 +116,7 @@ class DemoConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     methods: tuple[str, ...] = ("pddpm", "ddpm", "ae")
     method_options: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEMO_METHOD_OPTIONS))
-    epochs: int = 60
+    epochs: int = 40
     val_interval: int = 5
     batch_size: int = 16
     lr: float = 1e-3
