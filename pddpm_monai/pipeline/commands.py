@@ -40,7 +40,9 @@ def _add_detect(subparsers: argparse._SubParsersAction) -> None:
         "--skull-stripped", action="store_true", help="the scan is already skull-stripped (no HD-BET)"
     )
     p.add_argument(
-        "--atlas", default=None, help="atlas the model's data were registered to (default: $PDDPM_ATLAS)"
+        "--atlas",
+        default=None,
+        help="atlas the model's data were registered to (default: the bundle's inference.json \"atlas\", then $PDDPM_ATLAS)",
     )
     p.add_argument(
         "--atlas-channel", choices=("t2", "t1", "pd"), default="t2", help="SRI24 channel (default t2)"
@@ -90,12 +92,15 @@ def detect_config_from_args(args: argparse.Namespace):
 def run_detect(args: argparse.Namespace) -> int:
     """``pddpm detect``: prints the outputs and the summary's key figures."""
     from pddpm_monai.data.atlas import resolve_atlas
-    from pddpm_monai.pipeline.detect import bundle_checkpoint, detect_scan
+    from pddpm_monai.pipeline.detect import bundle_atlas, bundle_checkpoint, detect_scan
     from pddpm_monai.utils import read_nifti
 
     read_nifti(args.scan)  # a bad scan is reported before anything else
     checkpoint = bundle_checkpoint(args.bundle) if args.bundle is not None else args.checkpoint
-    atlas = resolve_atlas(args.atlas, channel=args.atlas_channel, mask=args.atlas_mask)
+    atlas_arg = args.atlas
+    if atlas_arg is None and args.bundle is not None:
+        atlas_arg = bundle_atlas(args.bundle)  # the atlas the bundle's training data were registered to
+    atlas = resolve_atlas(atlas_arg, channel=args.atlas_channel, mask=args.atlas_mask)
     result = detect_scan(
         args.scan, args.out, checkpoint=checkpoint, atlas=atlas, config=detect_config_from_args(args)
     )

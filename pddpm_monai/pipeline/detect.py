@@ -165,6 +165,29 @@ def bundle_checkpoint(bundle_dir: str | os.PathLike) -> Path:
     return path
 
 
+def bundle_atlas(bundle_dir: str | os.PathLike) -> str | None:
+    """The ``"atlas"`` of a bundle's ``configs/inference.json`` (``None`` when unset or absent).
+
+    The atlas is never shipped in a bundle, but the person who trained it can record which one its
+    data were registered to (a path, relative to the bundle folder or absolute, or a name that
+    :func:`~pddpm_monai.data.atlas.resolve_atlas` knows) so that ``pddpm detect --bundle`` needs no
+    ``--atlas``.
+    """
+    config = Path(bundle_dir) / "configs" / "inference.json"
+    if not config.is_file():
+        return None
+    try:
+        value = json.loads(config.read_text()).get("atlas")
+    except (OSError, json.JSONDecodeError, AttributeError) as err:
+        raise InputError(config, f"not a readable bundle config ({err})") from None
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or value.startswith(("$", "@", "%")):
+        raise InputError(config, f'"atlas" must be a plain path or atlas name, got {value!r}')
+    relative = Path(bundle_dir) / value
+    return str(relative) if not Path(value).is_absolute() and relative.exists() else value
+
+
 # --------------------------------------------------------------------------------------- threshold
 
 

@@ -16,6 +16,7 @@ from pddpm_monai.engines.checkpoint import save_method_checkpoint
 from pddpm_monai.engines.methods import build_method
 from pddpm_monai.pipeline.detect import (
     DetectConfig,
+    bundle_atlas,
     detect_scan,
     lesion_statistics,
     resolve_threshold,
@@ -143,6 +144,41 @@ def test_cli_bad_input_is_one_line_and_exit_2(inputs, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["detect", "x.nii.gz", "--out", "o"])  # neither --checkpoint nor --bundle
     assert exit_info.value.code == 2
+
+
+def _bundle(folder: Path, inference: str | None, checkpoint: Path | None = None) -> Path:
+    (folder / "configs").mkdir(parents=True)
+    (folder / "models").mkdir()
+    if inference is not None:
+        (folder / "configs" / "inference.json").write_text(inference)
+    if checkpoint is not None:
+        (folder / "models" / "model.pt").write_bytes(checkpoint.read_bytes())
+    return folder
+
+
+def test_bundle_atlas_reads_the_inference_config(tmp_path):
+    assert bundle_atlas(_bundle(tmp_path / "none", None)) is None
+    assert bundle_atlas(_bundle(tmp_path / "null", '{"atlas": null}')) is None
+    assert bundle_atlas(_bundle(tmp_path / "abs", '{"atlas": "/data/sri24"}')) == "/data/sri24"
+    assert bundle_atlas(_bundle(tmp_path / "name", '{"atlas": "sri24"}')) == "sri24"  # not a folder here
+    relative = _bundle(tmp_path / "rel", '{"atlas": "atlas"}')
+    (relative / "atlas").mkdir()
+    assert bundle_atlas(relative) == str(relative / "atlas")
+    for bad, message in (('{"atlas": "$@x"}', "plain path"), ("{not json", "readable")):
+        folder = _bundle(tmp_path / f"bad{len(message)}", bad)
+        with pytest.raises(InputError, match=message) as info:
+            bundle_atlas(folder)
+        assert "inference.json" in str(info.value)
+
+
+def test_detect_with_a_bundle_uses_its_atlas(inputs, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("PDDPM_ATLAS", raising=False)
+    bundle = _bundle(tmp_path / "bundle", '{"atlas": "/no/such/atlas_dir"}', inputs / "tiny.pt")
+    code = main(
+        ["detect", str(inputs / "scan.nii.gz"), "--bundle", str(bundle), "--out", str(tmp_path / "o")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "/no/such/atlas_dir" in err  # the bundle's atlas was used
 
 
 # -------------------------------------------------------------------------------- real scans
