@@ -161,7 +161,8 @@ class VolumeLoader:
     Loading one subject costs about 2 s on a CPU (CurvatureFlow and spline resampling) and does not
     depend on the method, so evaluating several methods or inference settings on one data root in
     one process should share one ``VolumeLoader(config, cache=True)``: every subject is then loaded
-    once and served from memory afterwards (about 5 MB per subject on the 96x96x50 model grid).
+    once and served from memory afterwards (about 5 MB per subject on the 96x96x50 model grid,
+    8x as much with ``grid="full"``: mind the memory on large real test sets).
     Served tensors are copies: a scorer that writes into its input cannot change the cache.
 
     Args:

@@ -15,15 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import shared_once
+from tests.engines.toys import TINY_NET
 
-#: the engine tests' tiny UNet (for checkpoints that are built, not trained)
-TINY_NET = {
-    "model_channels": 16,
-    "channel_mult": [1, 2],
-    "num_res_blocks": 1,
-    "num_groups": 8,
-    "num_head_channels": 16,
-}
+#: a pDDPM with the engine tests' tiny UNet (for checkpoints that are built, not trained)
 TINY_PDDPM = {"network": TINY_NET, "t_test": 250, "patch_size": 48}
 
 
