@@ -8,6 +8,7 @@ from pddpm_monai.diffusion.noise import (
     simplex_noise_reference,
 )
 from pddpm_monai.diffusion.patches import (
+    PatchGrid,
     PatchSampling,
     boxes_to_masks,
     patch_grid,
@@ -27,6 +28,7 @@ __all__ = [
     "DiffusionConfig",
     "DiffusionProcess",
     "NoiseType",
+    "PatchGrid",
     "PatchSampling",
     "SimplexNoiseConfig",
     "boxes_to_masks",

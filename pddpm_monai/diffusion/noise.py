@@ -12,8 +12,15 @@ vertices with a non-zero kernel, it sums the kernel over a fixed set of 8 vertic
 around each point (a superset of those with a non-zero kernel); vertices outside the kernel radius contribute exactly zero, so for the same
 permutation table the value equals ``opensimplex.noise2`` (tested to 1e-5). Each field (each
 sample and channel) gets its own random permutation table, so the fields are independent (the
-authors draw one field and repeat it over the batch). Every field is standardised to zero mean and
-unit variance.
+authors draw one field and repeat it over the batch).
+
+Amplitude: by default the field is the **raw octave sum**, as the authors' code uses it
+(``src/utils/generate_noise.py`` of FinnBehrendt/patched-Diffusion-Models-UAD: 6 octaves,
+persistence 0.8, frequency 64, no standardisation). A raw field has a per-field standard deviation
+of about 0.54 plus a random per-field offset (mean ``|offset|`` ~0.17), so its rms over a 48x48
+patch is ~0.6. The paper's text calls it a replacement of unit Gaussian noise, which suggests unit
+variance; we follow the code, which produced Table 1. ``SimplexNoiseConfig(standardize=True)``
+gives zero-mean, unit-variance fields (the paper-text reading, ~1.7x the amplitude) for ablations.
 """
 
 from __future__ import annotations
@@ -61,11 +68,15 @@ class SimplexNoiseConfig:
         persistence: amplitude factor from one octave to the next.
         frequency: divisor of the pixel coordinates in the first octave (pixels per lattice unit);
             it halves every octave.
+        standardize: standardise every field to zero mean and unit variance. Off by default: the
+            authors' code uses the raw octave sum (rms ~0.6 over a 48x48 patch), not the
+            unit-variance noise the paper's text implies.
     """
 
     octaves: int = 6
     persistence: float = 0.8
     frequency: float = 64.0
+    standardize: bool = False
 
 
 def random_permutations(
@@ -126,7 +137,7 @@ def simplex_fields(
     *,
     config: SimplexNoiseConfig = SimplexNoiseConfig(),
     dtype: torch.dtype = torch.float32,
-    normalize: bool = True,
+    normalize: bool | None = None,
 ) -> Tensor:
     """Fractal simplex fields for given permutation tables (the deterministic core).
 
@@ -136,7 +147,8 @@ def simplex_fields(
         perms: ``(N, 256)`` permutation tables, one per field (device of the result).
         config: octaves, persistence and frequency.
         dtype: floating dtype of the computation and the result.
-        normalize: standardise each field to zero mean and unit variance.
+        normalize: standardise each field to zero mean and unit variance; ``None`` follows
+            ``config.standardize``.
 
     Returns:
         ``(N, H, W)`` fields.
@@ -150,7 +162,7 @@ def simplex_fields(
         total = total + amplitude * _opensimplex_2d(xs / frequency, ys / frequency, perms)
         frequency /= 2
         amplitude *= config.persistence
-    if normalize:
+    if config.standardize if normalize is None else normalize:
         total = _standardize(total)
     return total
 
@@ -168,16 +180,17 @@ def simplex_noise_like(
     config: SimplexNoiseConfig = SimplexNoiseConfig(),
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Independent standardised simplex fields shaped like ``x``, on ``x``'s device and dtype.
+    """Independent simplex fields shaped like ``x``, on ``x``'s device and dtype.
 
     Args:
         x: ``(B, C, H, W)`` tensor (only its shape, device and dtype are used).
-        config: octaves, persistence and frequency.
+        config: octaves, persistence, frequency and whether to standardise.
         generator: generator for reproducible fields (one random permutation table is drawn per
             sample and channel, on the generator's device).
 
     Returns:
-        ``(B, C, H, W)`` noise; each ``(H, W)`` field has zero mean and unit variance.
+        ``(B, C, H, W)`` noise: raw octave sums, or zero-mean unit-variance fields when
+        ``config.standardize``.
 
     Raises:
         ValueError: when ``x`` is not 4-D.
@@ -197,7 +210,7 @@ def simplex_noise_reference(
     *,
     config: SimplexNoiseConfig = SimplexNoiseConfig(),
     seed: int = 0,
-    normalize: bool = True,
+    normalize: bool | None = None,
 ) -> np.ndarray:
     """The same field family with the ``opensimplex`` package (numba-accelerated when installed).
 
@@ -206,7 +219,8 @@ def simplex_noise_reference(
         width: field width.
         config: octaves, persistence and frequency.
         seed: the OpenSimplex seed.
-        normalize: standardise the field to zero mean and unit variance.
+        normalize: standardise the field to zero mean and unit variance; ``None`` follows
+            ``config.standardize``.
 
     Returns:
         ``(H, W)`` float64 field.
@@ -222,7 +236,7 @@ def simplex_noise_reference(
         total += amplitude * generator.noise2array(xs / frequency, ys / frequency)
         frequency /= 2
         amplitude *= config.persistence
-    if normalize:
+    if config.standardize if normalize is None else normalize:
         total = (total - total.mean()) / max(total.std(), _STD_EPS)
     return total
 

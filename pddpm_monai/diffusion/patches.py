@@ -6,6 +6,16 @@ overlap when ``w`` does not divide ``W``. The grid is the **product** of the two
 ``K = n_y * n_x`` boxes. The paper prints ``K = ceil((W-w)/w) + ceil((H-h)/h) + 2`` (that is
 ``n_x + n_y``), which equals the product only for the 2 x 2 grid of 96/48; the authors' code
 (``BoxSampler.sample_grid``) builds the product grid, which is what covers the image.
+
+Two grids for a patch size that does not divide the slice (they agree when it does, e.g. 96/48):
+
+- ``"overlap"`` (default): the ``n`` starts are spread evenly from ``0`` to ``W - w``, so every box
+  has the full ``h x w`` size that training used and the overlaps are averaged when stitching
+  (96/60: starts 0 and 36). The default because every noised region then has the trained size and
+  the paper's default 48 is unaffected.
+- ``"tile"``: the authors' ``BoxSampler`` tiles from 0 in steps of ``w`` without overlap and
+  truncates the last box at the border (96/60: a 60 box and a 36 box). Use it to reproduce the
+  authors' Fig. 3 patch-size sweep the way their code ran it.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "PatchGrid",
     "PatchSampling",
     "axis_starts",
     "boxes_to_masks",
@@ -27,27 +38,34 @@ __all__ = [
 ]
 
 PatchSampling = Literal["fixed", "random"]
+PatchGrid = Literal["overlap", "tile"]
 
 
-def axis_starts(size: int, patch: int) -> list[int]:
+def axis_starts(size: int, patch: int, grid: PatchGrid = "overlap") -> list[int]:
     """Start offsets of the patches along one axis.
 
-    ``n = ceil((size - patch) / patch) + 1`` starts evenly spaced from ``0`` to ``size - patch``.
-    Position ``i`` is ``i * (size - patch) / (n - 1)`` rounded half up to an integer (exact
-    integer arithmetic, so the first start is 0 and the last is ``size - patch``).
+    ``n = ceil((size - patch) / patch) + 1`` starts. ``"overlap"``: evenly spaced from ``0`` to
+    ``size - patch``; position ``i`` is ``i * (size - patch) / (n - 1)`` rounded half up to an
+    integer (exact integer arithmetic, so the first start is 0 and the last is ``size - patch``).
+    ``"tile"``: ``0, patch, 2 * patch, ...`` (the last box is truncated at the border).
 
     Args:
         size: image size along the axis (pixels).
         patch: patch size along the axis (pixels), ``1 <= patch <= size``.
+        grid: ``"overlap"`` or ``"tile"`` (see the module docstring).
 
     Returns:
         the sorted start offsets.
 
     Raises:
-        ValueError: when the patch does not fit in the image.
+        ValueError: when the patch does not fit in the image, or for an unknown grid.
     """
     if not 1 <= patch <= size:
         raise ValueError(f"patch size {patch} must be between 1 and the image size {size}.")
+    if grid == "tile":
+        return list(range(0, size, patch))
+    if grid != "overlap":
+        raise ValueError(f"grid must be 'overlap' or 'tile', got {grid!r}.")
     span = size - patch
     n = math.ceil(span / patch) + 1
     if n == 1:
@@ -55,7 +73,9 @@ def axis_starts(size: int, patch: int) -> list[int]:
     return [(2 * i * span + (n - 1)) // (2 * (n - 1)) for i in range(n)]
 
 
-def patch_grid(height: int, width: int, patch_h: int, patch_w: int) -> list[tuple[int, int]]:
+def patch_grid(
+    height: int, width: int, patch_h: int, patch_w: int, grid: PatchGrid = "overlap"
+) -> list[tuple[int, int]]:
     """The ``K = n_y * n_x`` box positions of the product grid (row-major: y outer, x inner).
 
     Args:
@@ -63,18 +83,22 @@ def patch_grid(height: int, width: int, patch_h: int, patch_w: int) -> list[tupl
         width: image width ``W``.
         patch_h: patch height ``h``.
         patch_w: patch width ``w``.
+        grid: ``"overlap"`` (default) or ``"tile"`` (the authors' BoxSampler).
 
     Returns:
-        ``(y0, x0)`` top-left corners; box ``k`` covers ``[y0, y0 + h) x [x0, x0 + w)``.
+        ``(y0, x0)`` top-left corners; box ``k`` covers ``[y0, y0 + h) x [x0, x0 + w)`` (clipped
+        to the image).
 
     Example:
         >>> patch_grid(96, 96, 48, 48)
         [(0, 0), (0, 48), (48, 0), (48, 48)]
         >>> patch_grid(96, 96, 60, 60)
         [(0, 0), (0, 36), (36, 0), (36, 36)]
+        >>> patch_grid(96, 96, 60, 60, grid="tile")
+        [(0, 0), (0, 60), (60, 0), (60, 60)]
     """
-    ys = axis_starts(height, patch_h)
-    xs = axis_starts(width, patch_w)
+    ys = axis_starts(height, patch_h, grid)
+    xs = axis_starts(width, patch_w, grid)
     return [(y0, x0) for y0 in ys for x0 in xs]
 
 
@@ -98,7 +122,8 @@ def boxes_to_masks(
         dtype: dtype of the masks.
 
     Returns:
-        ``(N, 1, H, W)`` masks on ``starts.device``: 1 inside the box, 0 outside.
+        ``(N, 1, H, W)`` masks on ``starts.device``: 1 inside the box (clipped to the image), 0
+        outside.
     """
     device = starts.device
     rows = torch.arange(height, device=device)
@@ -118,6 +143,7 @@ def patch_masks(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    grid: PatchGrid = "overlap",
 ) -> Tensor:
     """One binary mask per grid position.
 
@@ -128,11 +154,12 @@ def patch_masks(
         patch_w: patch width.
         device: device of the masks.
         dtype: dtype of the masks.
+        grid: ``"overlap"`` or ``"tile"`` (see :func:`patch_grid`).
 
     Returns:
         ``(K, 1, H, W)`` masks in the order of :func:`patch_grid`.
     """
-    starts = torch.tensor(patch_grid(height, width, patch_h, patch_w), device=device)
+    starts = torch.tensor(patch_grid(height, width, patch_h, patch_w, grid), device=device)
     return boxes_to_masks(starts, height, width, patch_h, patch_w, dtype=dtype)
 
 
@@ -145,6 +172,7 @@ def sample_patch_boxes(
     *,
     sampling: PatchSampling,
     generator: torch.Generator | None = None,
+    grid: PatchGrid = "overlap",
 ) -> Tensor:
     """Top-left corners of one training box per sample.
 
@@ -157,14 +185,15 @@ def sample_patch_boxes(
         sampling: ``"fixed"``: a uniformly drawn position of the grid (:func:`patch_grid`);
             ``"random"``: a uniformly random box that lies fully inside the image.
         generator: CPU generator for reproducible draws.
+        grid: the grid of ``"fixed"`` sampling (see :func:`patch_grid`).
 
     Returns:
         ``(batch, 2)`` long tensor of ``(y0, x0)`` on the CPU.
     """
     if sampling == "fixed":
-        grid = torch.tensor(patch_grid(height, width, patch_h, patch_w))
-        index = torch.randint(len(grid), (batch,), generator=generator)
-        return grid[index]
+        starts = torch.tensor(patch_grid(height, width, patch_h, patch_w, grid))
+        index = torch.randint(len(starts), (batch,), generator=generator)
+        return starts[index]
     if sampling == "random":
         axis_starts(height, patch_h), axis_starts(width, patch_w)  # validates the sizes
         y0 = torch.randint(height - patch_h + 1, (batch,), generator=generator)
@@ -184,6 +213,7 @@ def sample_patch_masks(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    grid: PatchGrid = "overlap",
 ) -> Tensor:
     """Binary masks ``M_p`` of one training box per sample (see :func:`sample_patch_boxes`).
 
@@ -198,11 +228,12 @@ def sample_patch_masks(
             result does not depend on ``device``).
         device: device of the masks.
         dtype: dtype of the masks.
+        grid: the grid of ``"fixed"`` sampling (see :func:`patch_grid`).
 
     Returns:
         ``(batch, 1, H, W)`` binary masks.
     """
     starts = sample_patch_boxes(
-        batch, height, width, patch_h, patch_w, sampling=sampling, generator=generator
+        batch, height, width, patch_h, patch_w, sampling=sampling, generator=generator, grid=grid
     )
     return boxes_to_masks(starts.to(device), height, width, patch_h, patch_w, dtype=dtype)

@@ -3,7 +3,7 @@
 A checkpoint is a plain dict saved atomically with :func:`~pddpm_monai.utils.save_checkpoint` and
 read with :func:`~pddpm_monai.utils.load_checkpoint` (``torch.load(..., weights_only=True)``)::
 
-    {"format": "pddpm-monai", "version": 1,
+    {"format": "pddpm-monai", "version": 2,
      "method": "pddpm",                      # a key of engines.methods.METHODS
      "config": {...},                        # JSON-able: rebuilds the method and its network
      "network": {...},                       # the method's state_dict (all its networks)
@@ -38,13 +38,20 @@ __all__ = [
     "make_checkpoint",
     "save_method_checkpoint",
     "read_checkpoint",
+    "upgrade_checkpoint",
     "load_method",
     "VolumeScorer",
     "load_scorer",
 ]
 
 CHECKPOINT_FORMAT = "pddpm-monai"
-CHECKPOINT_VERSION = 1
+#: 2: the diffusion defaults became the authors' (cosine schedule, raw simplex amplitude) and
+#: ``diffusion.simplex.standardize`` exists; version-1 checkpoints are read as trained (see
+#: :func:`upgrade_checkpoint`)
+CHECKPOINT_VERSION = 2
+#: what version-1 checkpoints were trained with where their config is silent
+_V1_DIFFUSION = {"schedule": "linear_beta", "beta_start": 1e-4, "beta_end": 2e-2}
+_V1_SIMPLEX = {"standardize": True}
 #: keys every checkpoint must have
 REQUIRED_KEYS = ("format", "version", "method", "config", "network")
 
@@ -115,6 +122,7 @@ def read_checkpoint(path: str | os.PathLike, *, method: str | None = None) -> di
             path,
             f"checkpoint version {state['version']} is newer than this pddpm-monai ({CHECKPOINT_VERSION})",
         )
+    state = upgrade_checkpoint(state)
     name = state["method"]
     if name not in load_method_plugins():
         raise InputError(
@@ -123,6 +131,30 @@ def read_checkpoint(path: str | os.PathLike, *, method: str | None = None) -> di
     if method is not None and name != method:
         raise InputError(path, f"checkpoint holds method {name!r}, but {method!r} was requested")
     return state
+
+
+def upgrade_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
+    """Fill in what an older checkpoint's config leaves to defaults that have changed since.
+
+    Version 1 (before the diffusion defaults followed the authors' code) trained the diffusion
+    models with the linear 1e-4..2e-2 schedule and unit-variance simplex noise; its config records
+    the schedule but not the noise amplitude, which is now a config field whose default changed.
+    The upgraded config says what the network was trained with, so it evaluates as trained.
+
+    Args:
+        state: a checkpoint dict (not modified).
+
+    Returns:
+        the dict with ``config`` completed and ``version`` set to :data:`CHECKPOINT_VERSION`.
+    """
+    if int(state["version"]) >= CHECKPOINT_VERSION:
+        return state
+    config = dict(state["config"])
+    if isinstance(config.get("diffusion"), Mapping):
+        diffusion = {**_V1_DIFFUSION, **config["diffusion"]}
+        diffusion["simplex"] = {**_V1_SIMPLEX, **diffusion.get("simplex", {})}
+        config["diffusion"] = diffusion
+    return {**state, "config": config, "version": CHECKPOINT_VERSION}
 
 
 def method_from_checkpoint(
@@ -237,6 +269,7 @@ def load_scorer(
     name: str | None = None,
     slice_batch: int = 50,
     seed: int = 0,
+    patch_grid: str | None = None,
 ) -> VolumeScorer:
     """The volume scorer of a trained checkpoint (what ``pddpm evaluate`` and ``pddpm reconstruct`` call).
 
@@ -249,6 +282,7 @@ def load_scorer(
         name: the scorer's name (``None``: the method name).
         slice_batch: slices per network batch.
         seed: seed of the test-time noise.
+        patch_grid: ``"overlap"`` or ``"tile"`` instead of the trained grid (pDDPM only).
 
     Returns:
         a :class:`VolumeScorer`.
@@ -258,7 +292,7 @@ def load_scorer(
             method does not have (``patch_size`` for ``ddpm``).
     """
     state = read_checkpoint(path, method=method)
-    overrides = {"t_test": t_test, "patch_size": patch_size}
+    overrides = {"t_test": t_test, "patch_size": patch_size, "patch_grid": patch_grid}
     allowed = METHODS[state["method"]].inference_options
     for key, value in overrides.items():
         if value is not None and key not in allowed:

@@ -17,8 +17,11 @@ METHOD_OPTIONS = {
     "patch_size": "patch_size",
     "t_test": "t_test",
     "sampling": "sampling",
+    "patch_grid": "patch_grid",
     "loss": "loss",
     "noise": "diffusion.noise_type",
+    "noise_standardize": "diffusion.simplex.standardize",
+    "schedule": "diffusion.schedule",
     "timesteps": "diffusion.num_train_timesteps",
     "channels": "network.model_channels",
     "channel_mult": "network.channel_mult",
@@ -77,8 +80,24 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--patch-size", type=int, help="patch side on the 96x96 slices (default 48; pddpm)")
     p.add_argument("--t-test", type=int, help="test timestep (default 500)")
     p.add_argument("--sampling", choices=("fixed", "random"), help="training patch positions (default fixed)")
+    p.add_argument(
+        "--patch-grid",
+        choices=("overlap", "tile"),
+        help="patch grid when the patch does not divide 96 (default overlap; tile: the authors')",
+    )
     p.add_argument("--loss", choices=("patch", "full"), help="L_p (patch) or L_rec (full) (default patch)")
     p.add_argument("--noise", choices=("simplex", "gaussian"), help="noise of q(x_t|x_0) (default simplex)")
+    p.add_argument(
+        "--schedule",
+        choices=("cosine", "linear_beta", "scaled_linear_beta", "sigmoid_beta"),
+        help="noise schedule (default cosine, the authors' code; linear_beta is the paper's text)",
+    )
+    p.add_argument(
+        "--noise-standardize",
+        action="store_true",
+        default=None,
+        help="unit-variance simplex fields (the paper's text; default: the raw octave sum, the authors' code)",
+    )
     p.add_argument("--timesteps", type=int, help="number of diffusion timesteps T (default 1000)")
     p.add_argument("--channels", type=int, help="UNet model channels (default 128)")
     p.add_argument("--channel-mult", type=int, nargs="+", help="UNet channel multipliers (default 1 2 2)")
@@ -110,7 +129,9 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="DataLoader workers (default 0)")
     p.add_argument("--checkpoint-every", type=int, help="also save last.pt every N iterations (default 0)")
     p.add_argument("--image-interval", type=int, help="TensorBoard image grid every N epochs (default 10)")
-    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument(
+        "--amp", action="store_true", help="bf16 autocast on CUDA (default: fp32, as the authors train)"
+    )
     p.add_argument("--no-resume", action="store_true", help="start over even if <out>/last.pt exists")
     p.add_argument("--skip-empty-slices", action="store_true", help="draw only training slices with brain")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
@@ -153,7 +174,7 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
         changes["val_slices_per_volume"] = None
     options = {key: getattr(args, dest, None) for dest, key in METHOD_OPTIONS.items()}
     changes["method_options"] = {k: v for k, v in options.items() if v is not None}
-    changes["amp"] = not args.no_amp
+    changes["amp"] = args.amp
     changes["resume"] = not args.no_resume
     changes["skip_empty_slices"] = args.skip_empty_slices
     changes["progress"] = args.progress

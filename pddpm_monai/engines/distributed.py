@@ -214,7 +214,7 @@ class DistributedTrainingStep(TrainingStep):
         *,
         generator: torch.Generator | None = None,
         device: str | torch.device = "cpu",
-        amp: bool = True,
+        amp: bool = False,
     ) -> None:
         super().__init__(method, optimizer, generator=generator, device=device, amp=amp)
         if type(method).train_iteration is not Method.train_iteration:

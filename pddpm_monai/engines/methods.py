@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from pddpm_monai.diffusion.patches import sample_patch_masks
+from pddpm_monai.diffusion.patches import PatchGrid, sample_patch_masks
 from pddpm_monai.diffusion.process import (
     DiffusionConfig,
     DiffusionProcess,
@@ -234,6 +234,9 @@ class PDDPMConfig:
         diffusion: the forward process (schedule, noise type).
         patch_size: side of the square patch ``h = w`` on the 96x96 slices (ablation best: 60).
         sampling: ``"fixed"``: a grid position per training sample; ``"random"``: any box inside.
+        patch_grid: ``"overlap"`` (default: equal-size boxes spread evenly, overlaps averaged) or
+            ``"tile"`` (the authors' BoxSampler: no overlap, last box truncated); they differ only
+            when the patch size does not divide the slice (see ``diffusion.patches``).
         loss: ``"patch"``: ``L_p`` (error inside the patch only); ``"full"``: ``L_rec``.
         loss_reduction: normalisation of ``L_p`` (``"image"``: the authors' mean over all pixels).
         t_test: the paper's test timestep (the network runs at index ``t_test - 1``).
@@ -244,6 +247,7 @@ class PDDPMConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     patch_size: int = 48
     sampling: PatchSampling = "fixed"
+    patch_grid: PatchGrid = "overlap"
     loss: PatchLoss = "patch"
     loss_reduction: LossReduction = "image"
     t_test: int = 500
@@ -251,6 +255,7 @@ class PDDPMConfig:
 
     def __post_init__(self) -> None:
         _check_choice("sampling", self.sampling, ("fixed", "random"))
+        _check_choice("patch_grid", self.patch_grid, ("overlap", "tile"))
         _check_choice("loss", self.loss, ("patch", "full"))
         _check_choice("diffusion.noise_type", self.diffusion.noise_type, ("simplex", "gaussian"))
         _check_t_test(self.t_test, self.diffusion.num_train_timesteps)
@@ -330,7 +335,7 @@ class PDDPMMethod(_DiffusionMethod):
     """
 
     config_class = PDDPMConfig
-    inference_options = ("t_test", "patch_size", "max_batch")
+    inference_options = ("t_test", "patch_size", "patch_grid", "max_batch")
     config: PDDPMConfig
 
     def __init__(self, config: PDDPMConfig | None = None) -> None:
@@ -340,6 +345,7 @@ class PDDPMMethod(_DiffusionMethod):
             t_test=self.config.t_test,
             patch_size=self.config.patch_size,
             max_batch=self.config.max_batch,
+            grid=self.config.patch_grid,
         )
 
     def training_step(self, images: Tensor, generator: torch.Generator | None = None) -> StepOutput:
@@ -356,6 +362,7 @@ class PDDPMMethod(_DiffusionMethod):
             sampling=self.config.sampling,
             generator=generator,
             device=x0.device,
+            grid=self.config.patch_grid,
         ).to(x0.dtype)
         noised = partly_noised(x_t, x0, mask)
         x0_hat = self.network(noised, t)

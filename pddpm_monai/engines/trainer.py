@@ -91,7 +91,8 @@ class TrainConfig:
         batch_size: slices per training batch (the authors: 32).
         lr: Adam learning rate (the authors' config: 1e-4; the paper's text: 1e-5; see module doc).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
-        amp: bf16 autocast on CUDA (ignored on the CPU).
+        amp: bf16 autocast on CUDA (ignored on the CPU). Off by default: the authors train in
+            fp32 (``precision: 32``; their fp16 conversion is a no-op).
         seed: seed of the slice draws, the noise, the timesteps and the patch positions (the authors: 3141).
         slices_per_volume: training slices per volume and epoch (the authors: 1).
         skip_empty_slices: draw only slices with brain (the authors do not skip).
@@ -118,7 +119,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-4
     device: str = "auto"
-    amp: bool = True
+    amp: bool = False
     seed: int = 3141
     slices_per_volume: int = 1
     skip_empty_slices: bool = False

@@ -91,6 +91,8 @@ class AblationConfig:
         evaluation: the evaluation settings of every run (datasets, post-processing, ...).
         device: where the network runs.
         slice_batch: slices per network batch.
+        patch_grid: ``"overlap"`` or ``"tile"`` (the authors' grid, to reproduce their Fig. 3 for
+            patch sizes that do not divide 96); ``None``: the checkpoint's.
     """
 
     patch_sizes: tuple[int, ...] = (16, 32, 48, 60, 72)
@@ -103,6 +105,7 @@ class AblationConfig:
     )
     device: str = "cpu"
     slice_batch: int = 50
+    patch_grid: str | None = None
 
 
 def ablation_settings(
@@ -157,6 +160,7 @@ def _scorer(checkpoint: Path, setting: Setting, config: AblationConfig, name: st
         method="pddpm",
         name=name,
         slice_batch=config.slice_batch,
+        patch_grid=config.patch_grid,
     )
 
 
@@ -336,6 +340,7 @@ def _ablate(args: argparse.Namespace) -> int:
             datasets=tuple(args.datasets), save_nifti=False, figures=False, progress=not args.quiet
         ),
         device=args.device,
+        patch_grid=args.patch_grid,
     )
     csv_path = run_ablation(args.checkpoint, args.data_root, args.out, config)
     print(csv_path)
@@ -388,5 +393,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="unhealthy datasets to evaluate (default brats21 mslub)",
     )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    p.add_argument(
+        "--patch-grid",
+        choices=("overlap", "tile"),
+        help="patch grid (default: the checkpoint's; tile = the authors' BoxSampler, as in their Fig. 3)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_ablate)

@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from pddpm_monai.diffusion.patches import patch_masks
+from pddpm_monai.diffusion.patches import PatchGrid, patch_masks
 from pddpm_monai.diffusion.process import DiffusionProcess
 from pddpm_monai.inferers.reconstruction import (
     DEFAULT_MAX_BATCH,
@@ -114,6 +114,7 @@ def patched_reconstruction(
     generator: torch.Generator | None = None,
     mode: InferenceMode = "batched",
     noise: Tensor | None = None,
+    grid: PatchGrid = "overlap",
 ) -> Tensor:
     """Reconstruct slices patch by patch with a pDDPM network.
 
@@ -128,6 +129,8 @@ def patched_reconstruction(
         generator: generator for the noise (reproducible output).
         mode: ``"batched"`` (all positions in one batch) or ``"sequential"`` (one at a time).
         noise: a given noise field per slice ``(B, C, H, W)`` instead of drawing one.
+        grid: ``"overlap"`` (default) or ``"tile"`` (the authors' grid; see
+            :func:`~pddpm_monai.diffusion.patches.patch_grid`).
 
     Returns:
         the reconstruction ``(B, C, H, W)`` in the data range, float32 (float64 for float64
@@ -149,7 +152,7 @@ def patched_reconstruction(
     t_index = t_test - 1
     x_t = process.add_noise(x0, noise.to(device=x0.device, dtype=x0.dtype), torch.tensor(t_index))
     height, width = inputs.shape[-2:]
-    masks = patch_masks(height, width, *patch, device=inputs.device, dtype=inputs.dtype)
+    masks = patch_masks(height, width, *patch, device=inputs.device, dtype=inputs.dtype, grid=grid)
     run = _batched if mode == "batched" else _sequential
     total = run(network, x0, x_t, masks, t_index, max_batch)
     coverage = masks.float().sum(dim=0)  # (1, H, W): how many patches cover each pixel (>= 1)
@@ -169,6 +172,7 @@ class PatchedDiffusionInferer(SliceDiffusionInferer):
         seed: seed of a fresh CPU generator per call when no generator is passed (reproducible
             output from a bundle config); ``None`` uses torch's global generator.
         slice_batch: slices per batch for a volume input ``(B, C, H, W, D)``.
+        grid: ``"overlap"`` (default) or ``"tile"`` (the authors' grid).
 
     Example:
         >>> inferer = PatchedDiffusionInferer(DiffusionProcess(), t_test=500, patch_size=48)
@@ -186,6 +190,7 @@ class PatchedDiffusionInferer(SliceDiffusionInferer):
         return_anomaly_map: bool = False,
         seed: int | None = None,
         slice_batch: int = DEFAULT_SLICE_BATCH,
+        grid: PatchGrid = "overlap",
     ) -> None:
         super().__init__(
             process,
@@ -197,6 +202,7 @@ class PatchedDiffusionInferer(SliceDiffusionInferer):
         )
         self.patch_size = patch_size
         self.mode = mode
+        self.grid = grid
 
     def reconstruct(
         self, inputs: Tensor, network: Network, *, generator: torch.Generator | None = None
@@ -211,4 +217,5 @@ class PatchedDiffusionInferer(SliceDiffusionInferer):
             max_batch=self.max_batch,
             generator=generator,
             mode=self.mode,
+            grid=self.grid,
         )

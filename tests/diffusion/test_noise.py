@@ -60,11 +60,17 @@ def test_config_changes_the_field():
 
 def test_noise_like_shape_moments_and_independence():
     x = torch.zeros(4, 2, SIZE, SIZE, dtype=torch.float64)
-    noise = simplex_noise_like(x, generator=torch.Generator().manual_seed(0))
+    standardized = SimplexNoiseConfig(standardize=True)
+    noise = simplex_noise_like(x, config=standardized, generator=torch.Generator().manual_seed(0))
     assert noise.shape == x.shape and noise.dtype == torch.float64
     flat = noise.reshape(8, -1)
     assert_allclose(flat.mean(dim=1).numpy(), 0, atol=1e-6)
     assert_allclose(flat.std(dim=1, unbiased=False).numpy(), 1, atol=1e-6)
+    # the default is the raw octave sum (the authors' amplitude): the same fields, not rescaled
+    raw = simplex_noise_like(x, generator=torch.Generator().manual_seed(0)).reshape(8, -1)
+    rescaled = (raw - raw.mean(dim=1, keepdim=True)) / raw.std(dim=1, unbiased=False, keepdim=True)
+    assert_allclose(rescaled.numpy(), flat.numpy(), atol=1e-9)
+    assert 0.3 < raw.std(dim=1, unbiased=False).mean().item() < 0.8
     correlation = torch.corrcoef(flat).abs() - torch.eye(8, dtype=torch.float64)
     # independent smooth fields of 64 x 64 still correlate by chance (opensimplex fields of
     # different seeds: mean |r| ~0.23, max ~0.65); a repeated field (the authors) has r = 1
@@ -83,10 +89,15 @@ def test_noise_is_reproducible_from_the_generator():
 
 def test_distribution_agrees_with_opensimplex():
     """Mean, variance and autocorrelation at lags 1..16 of torch fields vs opensimplex fields."""
+    standardized = SimplexNoiseConfig(standardize=True)  # moments comparable with few fields
     ours = simplex_noise_like(
-        torch.zeros(NUM_FIELDS, 1, SIZE, SIZE), generator=torch.Generator().manual_seed(1)
+        torch.zeros(NUM_FIELDS, 1, SIZE, SIZE),
+        config=standardized,
+        generator=torch.Generator().manual_seed(1),
     )[:, 0].double()
-    reference = np.stack([simplex_noise_reference(SIZE, SIZE, seed=100 + s) for s in range(NUM_FIELDS)])
+    reference = np.stack(
+        [simplex_noise_reference(SIZE, SIZE, seed=100 + s, normalize=True) for s in range(NUM_FIELDS)]
+    )
     assert abs(ours.mean().item() - reference.mean()) < 1e-6
     assert abs(ours.var(unbiased=False).item() - reference.var()) < 1e-5
     acf_ours, acf_ref = autocorrelation(ours.numpy()), autocorrelation(reference)

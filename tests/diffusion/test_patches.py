@@ -102,3 +102,21 @@ def test_sampling_is_reproducible_and_errors():
         sample_patch_masks(4, 32, 32, 16, 16, sampling="grid")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="patch size"):
         patch_grid(32, 32, 40, 16)
+
+
+def test_tile_grid_is_the_authors_boxsampler():
+    """96/60: tiles at 0 and 60 without overlap, the second box truncated to 36 (their Fig. 3 runs)."""
+    assert patch_grid(96, 96, 60, 60, "tile") == [(0, 0), (0, 60), (60, 0), (60, 60)]
+    masks = patch_masks(96, 96, 60, 60, grid="tile")
+    assert masks.sum(dim=(1, 2, 3)).tolist() == [3600.0, 60.0 * 36, 36.0 * 60, 36.0 * 36]
+    assert torch.equal(masks.sum(dim=0), torch.ones(1, 96, 96))  # covers once: no overlap
+    overlap = patch_masks(96, 96, 60, 60)
+    assert overlap.sum(dim=0).max() == 4  # the default grid overlaps
+    for size in (16, 32, 48):  # where the patch divides the slice both grids agree
+        assert patch_grid(96, 96, size, size, "tile") == patch_grid(96, 96, size, size)
+    boxes = sample_patch_boxes(
+        200, 96, 96, 60, 60, sampling="fixed", generator=torch.Generator().manual_seed(0), grid="tile"
+    )
+    assert {tuple(b) for b in boxes.tolist()} == {(0, 0), (0, 60), (60, 0), (60, 60)}
+    with pytest.raises(ValueError, match="grid"):
+        patch_grid(96, 96, 60, 60, "sliding")  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from pddpm_monai.diffusion.process import (
     partly_noised,
     patch_l1_loss,
 )
+from tests.diffusion.test_calibration import authors_alphas_cumprod
 
 
 def reference_alpha_bar(t: int, steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2) -> float:
@@ -22,15 +23,24 @@ def reference_alpha_bar(t: int, steps: int = 1000, beta_start: float = 1e-4, bet
     return torch.cumprod(1 - betas, 0)[t].item()
 
 
-def test_add_noise_matches_the_closed_form():
-    process = DiffusionProcess()
+@pytest.mark.parametrize("schedule", ["cosine", "linear_beta"])
+def test_add_noise_matches_the_closed_form(schedule):
+    process = DiffusionProcess(DiffusionConfig(schedule=schedule))
     x0 = torch.rand(3, 1, 8, 8)
     noise = torch.randn(3, 1, 8, 8)
     t = torch.tensor([0, 499, 999])
     x_t = process.add_noise(x0, noise, t)
     for i, step in enumerate(t.tolist()):
-        a = reference_alpha_bar(step)
+        a = reference_alpha_bar(step) if schedule == "linear_beta" else authors_alphas_cumprod()[step]
         assert_allclose(x_t[i].numpy(), (a**0.5 * x0[i] + (1 - a) ** 0.5 * noise[i]).numpy(), atol=1e-5)
+
+
+def test_default_schedule_is_cosine_and_unknown_schedules_fail_early():
+    assert DiffusionConfig().schedule == "cosine"
+    cosine = DiffusionProcess(DiffusionConfig(schedule="cosine", beta_start=0.5, beta_end=0.9))
+    assert_allclose(cosine.alphas_cumprod.double().numpy(), authors_alphas_cumprod(), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown noise schedule 'cosin'"):
+        DiffusionConfig(schedule="cosin")
 
 
 def test_add_noise_scalar_timestep_and_bf16_keeps_the_table():

@@ -111,3 +111,31 @@ def test_scorer_takes_model_grid_metatensors(saved):
     plain, _ = scorer(volume)
     assert type(recon) is torch.Tensor and type(amap) is torch.Tensor
     torch.testing.assert_close(recon, plain)
+
+
+def test_version_1_checkpoint_evaluates_with_what_it_was_trained_with(tmp_path):
+    """A checkpoint written before the authors' defaults (linear schedule, unit-variance noise)."""
+    paper_text = {"diffusion": {"schedule": "linear_beta", "simplex": {"standardize": True}}}
+    trained = randomize(tiny("pddpm", **paper_text))
+    old = make_checkpoint(trained)
+    old["version"] = 1
+    del old["config"]["diffusion"]["simplex"]["standardize"]  # version 1 had no such field
+    path = save_checkpoint(old, tmp_path / "v1.pt")
+    loaded = load_method(path)
+    assert loaded.config.diffusion.schedule == "linear_beta"
+    assert loaded.config.diffusion.simplex.standardize is True
+    slices = torch.rand(2, 1, SIZE, SIZE)
+    expected = trained.reconstruct(slices, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(loaded.reconstruct(slices, torch.Generator().manual_seed(4)), expected)
+    # the same weights read with today's defaults would score differently: the upgrade matters
+    today = tiny("pddpm")
+    today.load_state_dict(trained.state_dict())
+    assert not torch.allclose(today.reconstruct(slices, torch.Generator().manual_seed(4)), expected)
+    scorer = load_scorer(path)
+    assert scorer.method.config.diffusion.simplex.standardize is True
+
+
+def test_new_checkpoints_record_schedule_and_noise_amplitude(saved):
+    _, _, path = saved
+    diffusion = torch.load(path, weights_only=True)["config"]["diffusion"]
+    assert diffusion["schedule"] == "cosine" and diffusion["simplex"]["standardize"] is False

@@ -10,6 +10,7 @@ from numpy.testing import assert_allclose
 from pddpm_monai.diffusion import DiffusionProcess
 from pddpm_monai.inferers import DiffusionReconstructionInferer, patched_reconstruction, reconstruct_volume
 from pddpm_monai.inferers.reconstruction import diffusion_reconstruction
+from tests.diffusion.test_calibration import authors_alphas_cumprod
 
 
 def identity(x, t):
@@ -21,7 +22,7 @@ def test_one_pass_reconstruction_is_the_denoised_whole_slice():
     inputs = torch.rand(3, 1, 16, 16, dtype=torch.float64)
     noise = process.noise_like(inputs, generator=torch.Generator().manual_seed(0))
     out = diffusion_reconstruction(inputs, identity, process, t_test=500, noise=noise)
-    alpha_bar = torch.cumprod(1 - torch.linspace(1e-4, 2e-2, 1000, dtype=torch.float64), 0)[499]
+    alpha_bar = torch.tensor(authors_alphas_cumprod()[499])  # the cosine schedule
     x_t = alpha_bar.sqrt() * (2 * inputs - 1) + (1 - alpha_bar).sqrt() * noise
     assert_allclose(out.numpy(), ((x_t + 1) / 2).numpy(), atol=1e-6)
 
