@@ -19,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import threading
 import time
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any, Literal
@@ -44,6 +45,7 @@ __all__ = [
     "to_metatensor",
     "resample_to_spacing",
     "hd_bet_mask",
+    "itk_threads",
     "register_affine",
     "brain_box",
     "crop_or_pad",
@@ -90,7 +92,14 @@ class PreprocessConfig:
         reg_smoothing_mm: Gaussian smoothing sigma (mm) per level.
         reg_iterations: gradient-descent iterations per level.
         reg_learning_rate: gradient-descent learning rate (scales from physical shift).
-        reg_seed: metric sampling seed (reproducible registrations).
+        reg_seed: metric sampling seed, any int >= 0 (reproducible registrations). SimpleITK reads
+            a seed of 0 as "seed from the wall clock" (``sitk.sitkWallClock``), so
+            :func:`register_affine` passes ``reg_seed + 1``.
+        reg_threads: ITK threads of the registration (``0``: ITK's global default). ITK 5.4's
+            Mattes mutual information adds its threads' joint-histogram derivatives in the order
+            they finish, so more than one thread changes the transform from run to run (by
+            ~1e-5, voxels of the registered head scan by up to ~0.07); ``1`` is bit-identical
+            run to run (benchmarks/RESULTS.md, "Determinism").
         reg_max_metric: QC: the final Mattes MI (negative, lower is better) must be below this.
         reg_min_dice: QC: Dice of the registered brain mask against the atlas brain mask.
         reg_volume_ratio: QC: allowed range of registered-mask volume / atlas-mask volume.
@@ -112,6 +121,7 @@ class PreprocessConfig:
     reg_iterations: int = 100
     reg_learning_rate: float = 1.0
     reg_seed: int = 0
+    reg_threads: int = 1
     reg_max_metric: float = -0.2
     reg_min_dice: float = 0.8
     reg_volume_ratio: tuple[float, float] = (0.6, 1.6)
@@ -280,9 +290,39 @@ def hd_bet_mask(
 # ----------------------------------------------------------------------------------- registration
 
 
+#: SimpleITK seeds are uint32 and 0 means "from the wall clock": seeds passed are 1 .. 2**32 - 1
+_MAX_SITK_SEED = 2**32 - 1
+
+
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     total = a.sum() + b.sum()
     return float(2.0 * np.logical_and(a, b).sum() / total) if total else 0.0
+
+
+#: SimpleITK's global default thread count is process-wide: one registration changes it at a time
+_ITK_THREADS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def itk_threads(count: int) -> Iterator[None]:
+    """SimpleITK's global default number of threads set to ``count`` inside the block, restored after.
+
+    ``count <= 0`` leaves the default as it is. This is how :func:`register_affine` fixes its
+    threads: ``ImageRegistrationMethod.SetNumberOfThreads(1)`` alone is not enough in SimpleITK
+    2.5 / ITK 5.4 (the metric still runs on the global default's threads, and the result varies
+    even more from run to run than with all threads). Filters that other Python threads create
+    inside the block also get ``count`` threads (slower, never different results).
+    """
+    if count <= 0:
+        yield
+        return
+    with _ITK_THREADS_LOCK:
+        before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(count))
+        try:
+            yield
+        finally:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
 
 
 def register_affine(
@@ -290,10 +330,20 @@ def register_affine(
 ) -> tuple[sitk.AffineTransform, float]:
     """Affine registration of ``moving`` onto ``fixed`` (Mattes MI, multi-resolution gradient descent).
 
+    Deterministic: the metric's random sampling is seeded with ``config.reg_seed + 1`` (SimpleITK
+    takes a seed of 0 to mean the wall clock) and the registration runs on ``config.reg_threads``
+    ITK threads (1 by default: bit-identical transforms run to run, see :class:`PreprocessConfig`).
+
     Returns:
         ``(transform, final_metric)``; the transform maps fixed (atlas) points to moving points, as
         :func:`SimpleITK.Resample` expects.
+
+    Raises:
+        ValueError: a negative ``config.reg_seed``.
     """
+    if config.reg_seed < 0:
+        raise ValueError(f"reg_seed must be >= 0, got {config.reg_seed}.")
+    seed = config.reg_seed % _MAX_SITK_SEED + 1
     fixed = sitk.Cast(fixed, sitk.sitkFloat32)
     moving = sitk.Cast(moving, sitk.sitkFloat32)
     tx = sitk.AffineTransform(3)
@@ -305,7 +355,7 @@ def register_affine(
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=config.reg_histogram_bins)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentagePerLevel(list(config.reg_sampling), config.reg_seed)
+    reg.SetMetricSamplingPercentagePerLevel(list(config.reg_sampling), seed)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsGradientDescent(
         learningRate=config.reg_learning_rate,
@@ -319,7 +369,8 @@ def register_affine(
     reg.SetSmoothingSigmasPerLevel(list(config.reg_smoothing_mm))
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     reg.SetInitialTransform(tx, inPlace=True)
-    reg.Execute(fixed, moving)
+    with itk_threads(config.reg_threads):
+        reg.Execute(fixed, moving)
     return tx, float(reg.GetMetricValue())
 
 
