@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 from pddpm_monai import __version__
+from pddpm_monai.threads import THREADS_ENV, set_threads
 from pddpm_monai.utils import PddpmError
 
 #: modules whose ``add_commands(subparsers)`` register the ``pddpm`` verbs, in help order
@@ -23,6 +25,17 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pddpm_monai.evaluation.commands",  # evaluate, table
     "pddpm_monai.evaluation.ablation",  # ablate
     "pddpm_monai.pipeline.commands",  # detect, demo
+)
+
+#: the verbs that compute on the CPU and take ``--threads`` (see :mod:`pddpm_monai.threads`)
+THREADED_COMMANDS: tuple[str, ...] = (
+    "preprocess",
+    "train",
+    "reconstruct",
+    "evaluate",
+    "ablate",
+    "detect",
+    "demo",
 )
 
 EXIT_USER_ERROR = 2
@@ -44,7 +57,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(sub)
+    for name in THREADED_COMMANDS:
+        sub.choices[name].add_argument(
+            "--threads",
+            type=_threads,
+            default=None,
+            help="CPU threads per process (default: $OMP_NUM_THREADS, else the usable cores / workers)",
+        )
     return parser
+
+
+def _threads(text: str) -> int:
+    """``--threads`` value: a positive integer."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def _apply_threads(args: argparse.Namespace) -> None:
+    """Set this process's threads; an explicit ``--threads`` also goes to worker processes.
+
+    ``--threads N`` is exported as ``OMP_NUM_THREADS=N`` so that the processes a command starts
+    (preprocessing workers) use ``N`` threads each, as if the user had exported it.
+    """
+    if args.threads:
+        os.environ[THREADS_ENV] = str(args.threads)
+    set_threads(args.threads)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USER_ERROR
     try:
+        if hasattr(args, "threads"):
+            _apply_threads(args)
         code = args.func(args)
     except PddpmError as err:
         if args.debug:

@@ -25,6 +25,7 @@ import numpy as np
 
 from pddpm_monai.data.adapters import DATASETS, Subject, find_subjects, output_paths
 from pddpm_monai.data.atlas import Atlas
+from pddpm_monai.threads import resolve_threads
 from pddpm_monai.transforms.preprocess import (
     RECORD_KEY,
     PreprocessConfig,
@@ -179,7 +180,8 @@ def run_preprocess(
         raw_dir: the raw download.
         data_root: output data root.
         atlas: registration target.
-        workers: subjects processed in parallel (processes; CPU threads are split among them).
+        workers: subjects processed in parallel (processes; CPU threads are split among them, see
+            :func:`pddpm_monai.threads.resolve_threads`).
         shard_spec: ``(i, n)``: this machine does subjects ``i, i+n, i+2n, ...``.
         device: HD-BET device.
         config: preprocessing parameters.
@@ -199,7 +201,7 @@ def run_preprocess(
             summary.add(*_run_one(subject, str(data_root), atlas, device, config))
             bar.update()
     else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = resolve_threads(workers=workers)  # per worker: $OMP_NUM_THREADS, else cores // workers
         with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(threads,)) as pool:
             futures = [pool.submit(_run_one, s, str(data_root), atlas, device, config) for s in subjects]
             for future in as_completed(futures):
