@@ -9,7 +9,8 @@ Results of ``evaluate_method(scorer, root, out, fold=k)`` go to ``out/<method>/f
     run.json                     method, fold, data root, configuration
     thresholds.json              per dataset: threshold, pooled validation Dice, PR bin edges;
                                  "healthy_fpr": thresholds at healthy FPRs (when configured)
-    metrics.csv                  one row per test volume: name, dataset, dice, auprc, auroc, l1, threshold, ...
+    metrics.csv                  one row per test volume: name, dataset, dice, auprc, auroc, l1, threshold, ...,
+                                 and the image, mask and seg files that were scored (+ grid_warning)
     summary.json                 per dataset: nanmean/std of each metric, volume counts, NaN counts
     pr_<dataset>.npz             pooled test histogram of lesion/non-lesion scores (PR curve)
     volumes/<dataset>/<name>.json    per-volume record (what makes the run resumable)
@@ -18,7 +19,10 @@ Results of ``evaluate_method(scorer, root, out, fold=k)`` go to ``out/<method>/f
     figures/pr_<dataset>.png, figures/overlay_<dataset>_{best,median,worst}.png
 
 A killed run continues where it stopped: finished volumes (validation maps and test records) are
-skipped. All files are written atomically. The NIfTIs carry the affine of the evaluation grid in
+skipped; a record scored on other image/mask/seg files than the split now lists is scored again.
+Files of one subject that disagree in shape or affine after loading by less than the loader refuses
+(``ValidateVolumed``: any shape difference, affines beyond 1e-3) are scored with a one-line warning
+(logger ``pddpm.evaluation``) and the disagreement is kept in the record's ``grid_warning``. All files are written atomically. The NIfTIs carry the affine of the evaluation grid in
 the data root's world coordinates, so ITK-SNAP / 3D Slicer overlay them on the data-root image.
 """
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,6 +55,8 @@ __all__ = [
     "DATASETS",
     "EvaluationConfig",
     "METRIC_COLUMNS",
+    "FILE_COLUMNS",
+    "grid_disagreement",
     "run_dir_for",
     "VolumeLoader",
     "evaluate_method",
@@ -93,6 +100,15 @@ METRIC_COLUMNS = (
     "lesion_voxels",
     "predicted_voxels",
 )
+
+#: columns of ``metrics.csv`` after the metrics: which files were scored, and any grid disagreement
+FILE_COLUMNS = ("image", "mask", "seg", "grid_warning")
+
+#: loaded image/mask/seg affines differing by more than this (but within the loader's 1e-3) are warned about
+GRID_WARN_TOLERANCE = 1e-6
+
+_log = logging.getLogger("pddpm.evaluation")
+_warned: set[tuple[str, ...]] = set()
 
 
 @dataclass(frozen=True)
@@ -153,6 +169,44 @@ class _Volume:
     raw_map: np.ndarray
     scores: np.ndarray
     affine: np.ndarray
+    grid_warning: str = ""
+
+
+def grid_disagreement(data: dict[str, Any], tolerance: float = GRID_WARN_TOLERANCE) -> str:
+    """How the loaded ``mask``/``seg`` of a subject disagree with its ``image`` in shape or affine ("" if not).
+
+    Args:
+        data: loaded channel-first tensors (``MetaTensor`` s carry their affine).
+        tolerance: largest absolute affine difference taken as equal.
+    """
+    ref = data["image"]
+    problems = []
+    for key in ("mask", "seg"):
+        other = data.get(key)
+        if other is None:
+            continue
+        if tuple(other.shape) != tuple(ref.shape):
+            problems.append(f"{key} shape {tuple(other.shape[1:])} vs image {tuple(ref.shape[1:])}")
+            continue
+        a, b = getattr(ref, "affine", None), getattr(other, "affine", None)
+        if a is None or b is None:
+            continue
+        diff = float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
+        if diff > tolerance:
+            problems.append(f"{key} affine differs from the image's by up to {diff:.3g}")
+    return "; ".join(problems)
+
+
+def _warn_grid(item: dict[str, Any], problem: str) -> None:
+    files = tuple(str(item.get(k)) for k in ("image", "mask", "seg") if item.get(k))
+    if problem and (files, problem) not in _warned:
+        _warned.add((files, problem))
+        _log.warning(
+            "warning: %s: the subject's files disagree after loading (%s); scored anyway: %s",
+            files[0],
+            problem,
+            ", ".join(files[1:]),
+        )
 
 
 class VolumeLoader:
@@ -239,6 +293,8 @@ class _Scoring:
 
     def __call__(self, item: dict[str, Any]) -> _Volume:
         data = self.loader.model(self._subject(item))
+        grid_warning = grid_disagreement(data)
+        _warn_grid(item, grid_warning)
         image, mask = data["image"], data["mask"]
         with torch.no_grad():
             reconstruction, raw = self.scorer(image, mask)
@@ -258,7 +314,7 @@ class _Scoring:
             affine = np.asarray(full["image"].affine, dtype=np.float64)
         seg_np = None if seg is None else _np(seg) > 0
         scores = postprocess_anomaly_map(raw, mask_np, self.config.postprocess)
-        return _Volume(image_np, mask_np > 0, seg_np, reconstruction, raw, scores, affine)
+        return _Volume(image_np, mask_np > 0, seg_np, reconstruction, raw, scores, affine, grid_warning)
 
 
 def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -414,6 +470,7 @@ def _test_volume(
         "image": item["image"],
         "mask": item.get("mask"),
         "seg": item.get("seg"),
+        "grid_warning": vol.grid_warning,
     }
     for column, t in fpr_thresholds.items():
         lesion = vol.seg is not None and vol.seg.any()
@@ -452,7 +509,8 @@ def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
 def _write_csv(rows: list[dict[str, Any]], path: Path, extra_columns: Sequence[str] = ()) -> None:
     with atomic_path(path) as tmp:
         with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=[*METRIC_COLUMNS, *extra_columns], extrasaction="ignore")
+            columns = [*METRIC_COLUMNS, *extra_columns, *FILE_COLUMNS]
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
 
@@ -512,7 +570,11 @@ def evaluate_method(
         for item in _bar(items, f"{scorer.name} {spec.label} test", config):
             record_path = run_dir / "volumes" / key / f"{item['name']}.json"
             record = _read_json(record_path)
-            stale = record is None or record.get("threshold") != threshold
+            stale = (
+                record is None
+                or record.get("threshold") != threshold
+                or any(record.get(k) != item.get(k) for k in ("image", "mask", "seg"))
+            )
             if stale or any(c not in record for c in fpr_thresholds):
                 record = _test_volume(scoring, item, key, threshold, edges, run_dir, fpr_thresholds)
                 save_json(record, record_path)

@@ -15,7 +15,13 @@ import torch
 
 from pddpm_monai.cli import main as cli_main
 from pddpm_monai.data.datalist import read_split_csv, split_path
-from pddpm_monai.evaluation.evaluate import METRIC_COLUMNS, EvaluationConfig, VolumeLoader, evaluate_method
+from pddpm_monai.evaluation.evaluate import (
+    FILE_COLUMNS,
+    METRIC_COLUMNS,
+    EvaluationConfig,
+    VolumeLoader,
+    evaluate_method,
+)
 from pddpm_monai.evaluation.postprocess import PostprocessConfig, binarize, postprocess_anomaly_map
 from pddpm_monai.evaluation.scorers import ThreshScorer
 from pddpm_monai.evaluation.threshold import ValidationPool
@@ -88,7 +94,7 @@ class WrongGridScorer:
 
 def test_thresh_run_writes_per_volume_metrics(thresh_run):
     rows = _rows(thresh_run)
-    assert tuple(rows[0]) == METRIC_COLUMNS
+    assert tuple(rows[0]) == (*METRIC_COLUMNS, *FILE_COLUMNS)
     by_name = {r["name"]: r for r in rows}
     assert set(by_name) == {
         "BraTS2021_00003",
@@ -157,6 +163,66 @@ def test_rerun_resumes_per_volume(thresh_run, tmp_path, tiny_root):
     run = evaluate_method(scorer, tiny_root, out, config=_config(datasets=("brats21",), figures=False))
     assert scorer.calls == 1  # validation maps cached, one test volume redone
     assert _rows(run) == [r for r in _rows(thresh_run) if r["dataset"] == "brats21"]
+
+
+def test_metrics_csv_names_the_files_that_were_scored(thresh_run, tiny_root):
+    folders = {"brats21": "Test/Brats21", "mslub": "Test/MSLUB", "ixi": "Train/ixi"}
+    for row in _rows(thresh_run):
+        base, name = tiny_root / folders[row["dataset"]], row["name"]
+        assert row["image"] == str(base / f"t2/{name}_t2.nii.gz")
+        assert row["mask"] == str(base / f"mask/{name}_mask.nii.gz")
+        assert row["seg"] == ("" if row["dataset"] == "ixi" else str(base / f"seg/{name}_seg.nii.gz"))
+        assert row["grid_warning"] == ""
+
+
+def test_record_of_other_files_is_scored_again(thresh_run, tmp_path, tiny_root):
+    """A record scored on files the split no longer lists (e.g. before the MSLUB fix) is not reused."""
+    out = tmp_path / "results"
+    shutil.copytree(thresh_run, out / "Thresh" / "fold0")
+    record_path = out / "Thresh" / "fold0" / "volumes" / "mslub" / "patient02.json"
+    record = json.loads(record_path.read_text())
+    record["image"] = record["image"].replace("patient02", "patient03")
+    record["dice"] = -1.0
+    record_path.write_text(json.dumps(record))
+    scorer = CountingThresh()
+    run = evaluate_method(scorer, tiny_root, out, config=_config(datasets=("mslub",), figures=False))
+    assert scorer.calls == 1
+    assert _rows(run) == [r for r in _rows(thresh_run) if r["dataset"] == "mslub"]
+
+
+@pytest.mark.parametrize("shift, warned", [(5e-4, True), (0.0, False)])
+def test_files_that_disagree_after_loading_are_warned_about(tiny_root, tmp_path, caplog, shift, warned):
+    root = _copy_root(tiny_root, tmp_path)
+    mask_path = root / "Test/MSLUB/mask/patient02_mask.nii.gz"
+    mask = nib.load(mask_path)
+    affine = mask.affine.copy()
+    affine[0, 3] += shift  # below the loader's 1e-3 refusal tolerance
+    save_nifti(np.asarray(mask.dataobj), affine, mask_path)
+    with caplog.at_level("WARNING", logger="pddpm.evaluation"):
+        run = evaluate_method(
+            ThreshScorer(), root, tmp_path / "out", config=_config(datasets=("mslub",), figures=False)
+        )
+    messages = [r.getMessage() for r in caplog.records if r.name == "pddpm.evaluation"]
+    by_name = {r["name"]: r for r in _rows(run)}
+    if warned:
+        assert len(messages) == 1 and "\n" not in messages[0]
+        assert "patient02_t2.nii.gz" in messages[0] and "patient02_mask.nii.gz" in messages[0]
+        assert "mask affine differs from the image's by up to 0.0005" in messages[0]
+        assert by_name["patient02"]["grid_warning"].startswith("mask affine differs")
+    else:
+        assert messages == [] and by_name["patient02"]["grid_warning"] == ""
+    assert by_name["patient03"]["grid_warning"] == ""
+
+
+def test_files_that_disagree_beyond_tolerance_are_refused(tiny_root, tmp_path):
+    root = _copy_root(tiny_root, tmp_path)
+    mask_path = root / "Test/MSLUB/mask/patient02_mask.nii.gz"
+    mask = nib.load(mask_path)
+    affine = mask.affine.copy()
+    affine[0, 3] += 0.5
+    save_nifti(np.asarray(mask.dataobj), affine, mask_path)
+    with pytest.raises(InputError, match=r"patient02_mask\.nii\.gz: grid mismatch: affine"):
+        evaluate_method(ThreshScorer(), root, tmp_path / "out", config=_config(datasets=("mslub",)))
 
 
 def test_healthy_fpr_thresholds_give_extra_columns(tiny_root, tmp_path):
