@@ -68,11 +68,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():  # mkstemp creates 0600: give the output the usual umask permissions
+            os.chmod(tmp_path, _default_file_mode())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
     _remove_orphans(path)
+
+
+def _default_file_mode() -> int:
+    """``0o666`` less the process umask (the mode ``open()`` would give a new file)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _tmp_prefix(path: Path) -> str:

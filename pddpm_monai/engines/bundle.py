@@ -13,6 +13,7 @@ a small documented object here, built on the same pieces as ``pddpm train`` / ``
 - deployment: :func:`export_bundle_model` (``models/model.pt``: a self-describing pddpm checkpoint
   that also holds the UNet weights under ``"model"``, the key MONAI Label and ``CheckpointLoader``
   read), :func:`checkpoint_inferer` (the method's inferer with the trained diffusion settings),
+  :func:`inference_network` (``network_def``: the checkpoint's UNet, also callable with one tensor),
   :func:`read_threshold` (the binarisation threshold of ``run evaluating``);
 - evaluation: :class:`BundleEvaluation` (``evaluate_method`` + the Table-1 row + the threshold file).
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +36,7 @@ from pddpm_monai.engines.checkpoint import make_checkpoint, method_from_checkpoi
 from pddpm_monai.engines.methods import Method, StepOutput
 from pddpm_monai.engines.trainer import TrainingCheckpointer
 from pddpm_monai.inferers import DiffusionReconstructionInferer, PatchedDiffusionInferer
+from pddpm_monai.networks.patched_anomaly import PatchedAnomalyUNet
 from pddpm_monai.utils import InputError, save_checkpoint, save_json
 
 __all__ = [
@@ -54,6 +56,8 @@ __all__ = [
     "CheckpointHandler",
     "export_bundle_model",
     "checkpoint_inferer",
+    "MODEL_GRID",
+    "inference_network",
     "read_threshold",
     "run_preprocessing",
     "BundleEvaluation",
@@ -155,24 +159,47 @@ def _known_fields(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def inference_items(image: str | None = None, dataset_dir: str | None = None) -> list[dict[str, str]]:
-    """The data list of ``run inference``: one scan (``image``) or every NIfTI in ``dataset_dir``.
+    """The data list of ``run inference``: one scan (``image``) or every scan in ``dataset_dir``.
+
+    A scan is a NIfTI, NRRD or MetaImage file, or a folder holding one DICOM series
+    (:mod:`~pddpm_monai.transforms.scan_io`). In ``dataset_dir``, every file with such a suffix and
+    every sub-folder holding DICOM files is a scan.
 
     Raises:
-        InputError: when neither is given, the scan does not exist, or the folder has no NIfTI.
+        InputError: when neither is given, the scan does not exist or has an unknown format, or the
+            folder has no scan.
     """
+    from pddpm_monai.transforms.scan_io import SCAN_SUFFIXES, is_scan_path
+
     if image:
-        if not Path(image).is_file():
+        path = Path(image)
+        if not path.exists():
             raise InputError(image, "scan not found")
+        if not is_scan_path(path):
+            raise InputError(
+                image, f"unsupported scan format (expected {', '.join(SCAN_SUFFIXES)} or a DICOM folder)"
+            )
         return [{"image": str(image)}]
     if dataset_dir:
+        import SimpleITK as sitk
+
         folder = Path(dataset_dir)
         if not folder.is_dir():
             raise InputError(folder, "dataset_dir not found")
-        scans = sorted(p for p in folder.iterdir() if p.name.endswith((".nii", ".nii.gz")))
+        scans = sorted(
+            p
+            for p in folder.iterdir()
+            if (p.is_file() and p.name.lower().endswith(SCAN_SUFFIXES))
+            or (p.is_dir() and sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
+        )
         if not scans:
-            raise InputError(folder, "no NIfTI scans (*.nii, *.nii.gz) in dataset_dir")
+            raise InputError(
+                folder, f"no scans ({', '.join(SCAN_SUFFIXES)} files or DICOM series folders) in dataset_dir"
+            )
         return [{"image": str(p)} for p in scans]
-    raise InputError("image", "no input: pass --image SCAN.nii.gz or --dataset_dir FOLDER")
+    raise InputError(
+        "image", "no input: pass --image SCAN (a file or a DICOM folder) or --dataset_dir FOLDER"
+    )
 
 
 def autocast_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -415,10 +442,90 @@ def checkpoint_inferer(
         slice_batch=slice_batch,
     )
     if state["method"] == "pddpm":
-        return PatchedDiffusionInferer(method.process, patch_size=config.patch_size, **common)
+        return PatchedDiffusionInferer(
+            method.process, patch_size=config.patch_size, grid=config.patch_grid, **common
+        )
     if state["method"] == "ddpm":
         return DiffusionReconstructionInferer(method.process, **common)
     raise InputError(path, f"method {state['method']!r} has no diffusion inferer for the bundle")
+
+
+def _model_grid_size() -> tuple[int, int, int]:
+    from pddpm_monai.transforms.loading import ModelGridConfig
+
+    grid = ModelGridConfig()
+    return tuple(int(round(n / grid.downsample)) for n in grid.crop_size)  # type: ignore[return-value]
+
+
+#: the model grid of one preprocessed volume (``ModelGridConfig``: 96 x 96 axial slices, 50 of them)
+MODEL_GRID: tuple[int, int, int] = _model_grid_size()
+
+
+def inference_network(
+    path: str | os.PathLike,
+    *,
+    spatial_size: Sequence[int] = MODEL_GRID,
+    t_test: int | None = None,
+    patch_size: int | None = None,
+    seed: int = 0,
+    anomaly_map: bool = True,
+) -> PatchedAnomalyUNet:
+    """The bundle's ``network_def``: the checkpoint's UNet, callable with one tensor (and TorchScript-able).
+
+    Built from the checkpoint itself (architecture, schedule, noise type, ``t_test``, patch size and
+    grid), so the config cannot disagree with the weights. ``net(x, timesteps)`` is the UNet (what
+    :func:`checkpoint_inferer`, MONAI Label and ``CheckpointLoader`` use); ``net(volume)`` returns
+    the anomaly map of a ``(B, 1, H, W, D)`` model-grid volume, with the noise fields that
+    :func:`checkpoint_inferer` draws from the same ``seed`` for one volume of ``D`` slices (so both
+    give the same map) — what MONAI's ``verify_net_in_out`` and ``ckpt_export`` (model zoo) call.
+
+    Args:
+        path: the checkpoint (``models/model.pt``).
+        spatial_size: ``(H, W, D)`` of the model-grid volume (``D``: number of noise fields).
+        t_test: test timestep (``None``: the checkpoint's).
+        patch_size: patch size (pDDPM; ``None``: the checkpoint's).
+        seed: seed of the noise fields.
+        anomaly_map: the one-tensor call returns ``|x - x_hat|`` (else the reconstruction).
+
+    Raises:
+        InputError: naming ``path`` for a missing/bad checkpoint or a method without a diffusion UNet.
+    """
+    import dataclasses
+
+    from pddpm_monai.diffusion.patches import patch_masks
+
+    state = read_checkpoint(path)
+    name = state["method"]
+    if name not in ("pddpm", "ddpm"):
+        raise InputError(path, f"method {name!r} has no diffusion UNet for the bundle's network_def")
+    overrides: dict[str, Any] = {"t_test": t_test}
+    if name == "pddpm":
+        overrides["patch_size"] = patch_size
+    elif patch_size is not None:
+        raise InputError(path, f"patch_size does not apply to method {name!r}")
+    method = method_from_checkpoint(state, path, overrides=overrides)
+    config, process = method.config, method.process
+    height, width, depth = (int(v) for v in spatial_size)
+    if name == "pddpm":
+        size = int(config.patch_size)
+        masks = patch_masks(height, width, size, size, grid=config.patch_grid)
+    else:  # plain DDPM: the whole slice is noised
+        masks = torch.ones(1, 1, height, width)
+    generator = torch.Generator().manual_seed(int(seed))
+    noise = process.noise_like(torch.zeros(depth, 1, height, width), generator=generator)
+    net = PatchedAnomalyUNet(
+        masks=masks,
+        noise=noise,
+        t_index=config.t_test - 1,
+        alpha_bar=float(process.alphas_cumprod[config.t_test - 1]),
+        rescale=process.config.rescale_to_minus_one_one,
+        anomaly_map=anomaly_map,
+        in_channels=1,
+        out_channels=1,
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in dataclasses.asdict(config.network).items()},
+    )
+    net.load_state_dict(method.network.state_dict(), strict=True)
+    return net.eval()
 
 
 def read_threshold(

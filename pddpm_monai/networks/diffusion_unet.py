@@ -48,7 +48,7 @@ class _Resample(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.pool is not None:
             return self.pool(x)
-        return F.interpolate(x, scale_factor=2, mode="nearest")
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
 class ScaleShiftResBlock(nn.Module):
@@ -98,7 +98,8 @@ class ScaleShiftResBlock(nn.Module):
             h, x = self.resample(h), self.resample(x)
         h = self.in_conv(h)
         scale_shift = self.emb_proj(F.silu(emb)).to(h.dtype)
-        scale_shift = scale_shift.view(*scale_shift.shape, *([1] * (h.ndim - 2)))
+        for _ in range(h.dim() - 2):  # (B, 2C) -> (B, 2C, 1, 1[, 1]); a loop, as TorchScript needs
+            scale_shift = scale_shift.unsqueeze(-1)
         scale, shift = scale_shift.chunk(2, dim=1)
         h = self.out_norm(h) * (1 + scale) + shift
         h = self.out_conv(self.dropout(F.silu(h)))
@@ -135,7 +136,7 @@ class SelfAttentionBlock(nn.Module):
         batch, channels = x.shape[:2]
         tokens = self.norm(x).reshape(batch, channels, -1).transpose(1, 2)  # (B, N, C)
         qkv = self.qkv(tokens).view(batch, -1, 3, self.num_heads, channels // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, N, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, d)
         out = F.scaled_dot_product_attention(q, k, v)
         out = self.proj(out.transpose(1, 2).reshape(batch, -1, channels))
         return x + out.transpose(1, 2).reshape(x.shape)
@@ -268,7 +269,15 @@ class DiffusionUNet(nn.Module):
         )
 
     def forward(self, x: Tensor, timesteps: Tensor) -> Tensor:
+        """Predict ``x_0`` from the (partly) noised ``x`` at ``timesteps`` (:meth:`predict_x0`)."""
+        return self.predict_x0(x, timesteps)
+
+    def predict_x0(self, x: Tensor, timesteps: Tensor) -> Tensor:
         """Predict ``x_0`` from the (partly) noised ``x`` at ``timesteps``.
+
+        The body of :meth:`forward`, as a method of its own so that subclasses with another
+        ``forward`` (:class:`~pddpm_monai.networks.patched_anomaly.PatchedAnomalyUNet`) call it;
+        TorchScript-able (``torch.jit.script``).
 
         Args:
             x: ``(B, in_channels, *spatial)``; spatial sizes divisible by ``2 ** (levels - 1)``.

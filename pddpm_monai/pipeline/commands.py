@@ -31,7 +31,12 @@ def _add_detect(subparsers: argparse._SubParsersAction) -> None:
         "binary lesion mask back onto the scan's own grid (same shape and affine). Writes "
         "<name>_{anomaly,lesions,brain}.nii.gz, <name>_report.png and <name>_summary.json.",
     )
-    p.add_argument("scan", type=Path, help="raw T2 NIfTI (any orientation and spacing)")
+    p.add_argument(
+        "scan",
+        type=Path,
+        help="raw T2 scan (any orientation and spacing): NIfTI, .nrrd/.mha/.mhd, or a folder holding one "
+        "DICOM series; the outputs are NIfTI on its grid",
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="trained checkpoint (best.pt of `pddpm train`)")
     source.add_argument("--bundle", type=Path, help="a bundle folder (uses its models/model.pt)")
@@ -93,9 +98,9 @@ def run_detect(args: argparse.Namespace) -> int:
     """``pddpm detect``: prints the outputs and the summary's key figures."""
     from pddpm_monai.data.atlas import resolve_atlas
     from pddpm_monai.pipeline.detect import bundle_atlas, bundle_checkpoint, detect_scan
-    from pddpm_monai.utils import read_nifti
+    from pddpm_monai.transforms.scan_io import read_scan
 
-    read_nifti(args.scan)  # a bad scan is reported before anything else
+    read_scan(args.scan)  # a bad scan is reported before anything else
     checkpoint = bundle_checkpoint(args.bundle) if args.bundle is not None else args.checkpoint
     atlas_arg = args.atlas
     if atlas_arg is None and args.bundle is not None:

@@ -2,7 +2,9 @@
 
 The chain, for one raw scan of any orientation and spacing:
 
-1. validate the scan (:func:`~pddpm_monai.utils.read_nifti`: NIfTI, 3-D, finite, not empty) and the
+1. validate the scan (:func:`~pddpm_monai.transforms.scan_io.read_scan`: NIfTI, NRRD/MetaImage or a
+   folder holding one DICOM series; 3-D, finite, not empty; a non-NIfTI scan is converted once to a
+   NIfTI with the same voxels and geometry in the cache folder) and the
    checkpoint (:func:`~pddpm_monai.engines.checkpoint.load_scorer`: a pddpm-monai checkpoint whose
    weights fit its method and whose patches fit the model grid);
 2. paper §4.1 preprocessing (:func:`~pddpm_monai.transforms.preprocess.preprocess_scan`: 1 mm,
@@ -16,7 +18,8 @@ The chain, for one raw scan of any orientation and spacing:
    and crop (:func:`~pddpm_monai.transforms.preprocess.to_native`); the outputs have the input's
    shape and affine, so ITK-SNAP and 3D Slicer overlay them on the scan.
 
-Outputs in ``out_dir`` (``<name>`` = the scan's file name without ``.nii[.gz]``)::
+Outputs in ``out_dir`` (``<name>`` = the scan's file name without ``.nii[.gz]`` / its suffix, or the
+DICOM folder's name), always NIfTI on the scan's grid::
 
     <name>_anomaly.nii.gz      post-processed anomaly map (float32, native grid)
     <name>_lesions.nii.gz      binary lesion mask (uint8, native grid, inside the brain)
@@ -51,6 +54,7 @@ from pddpm_monai import __version__
 from pddpm_monai.evaluation.postprocess import PostprocessConfig, binarize, postprocess_anomaly_map
 from pddpm_monai.transforms.loading import ModelGridConfig
 from pddpm_monai.transforms.preprocess import Device, PreprocessConfig, to_native
+from pddpm_monai.transforms.scan_io import read_scan, scan_as_nifti
 from pddpm_monai.utils import InputError, read_nifti, save_json, save_nifti
 
 __all__ = [
@@ -84,6 +88,8 @@ OUTPUT_SUFFIXES: dict[str, str] = {
     "summary": "_summary.json",
 }
 PREPROCESSED_FILES: dict[str, str] = {"t2": "t2.nii.gz", "mask": "mask.nii.gz", "record": "record.json"}
+#: the NIfTI copy of a non-NIfTI scan (DICOM series, NRRD, MetaImage) in the cache folder
+NATIVE_NIFTI = "native.nii.gz"
 
 
 @dataclass(frozen=True)
@@ -141,8 +147,13 @@ def _plain(obj: Any) -> Any:
 
 
 def scan_name(path: str | os.PathLike) -> str:
-    """The scan's file name without ``.nii.gz`` / ``.nii`` (the prefix of every output)."""
+    """The scan's file name without ``.nii.gz`` / ``.nii`` / its suffix, or the DICOM folder's name.
+
+    (The prefix of every output.)
+    """
     name = Path(path).name
+    if Path(path).is_dir():
+        return name
     for suffix in (".nii.gz", ".nii"):
         if name.endswith(suffix):
             return name[: -len(suffix)]
@@ -419,7 +430,8 @@ def detect_scan(
     """Anomaly map, lesion mask, PNG report and JSON summary of one raw scan, on its native grid.
 
     Args:
-        scan: the raw T2 NIfTI (any orientation and spacing; with skull unless ``skull_stripped``).
+        scan: the raw T2 scan (any orientation and spacing; with skull unless ``skull_stripped``):
+            NIfTI, ``.nrrd`` / ``.mha`` / ``.mhd``, or a folder holding one DICOM series.
         out_dir: output folder (created).
         checkpoint: a trained pddpm-monai checkpoint (``best.pt`` of ``pddpm train``).
         atlas: the registration target the model's training data were registered to
@@ -431,7 +443,8 @@ def detect_scan(
         configuration existed (and not ``overwrite``).
 
     Raises:
-        InputError: a bad scan (not NIfTI, not 3-D, empty, NaN), a bad checkpoint (missing, corrupt,
+        InputError: a bad scan (unreadable, no or several DICOM series in the folder, not 3-D,
+            empty, NaN), a bad checkpoint (missing, corrupt,
             unknown method, weights of another size, patches larger than the grid), no threshold.
     """
     start = time.perf_counter()
@@ -444,12 +457,14 @@ def detect_scan(
         ).get("checkpoint") == str(checkpoint)
         if same_run:
             return DetectResult(paths, previous, skipped=True)
-    native_image, native_affine = read_nifti(scan)  # one-line errors before any heavy work
+    native_image, native_affine = read_scan(scan)  # one-line errors before any heavy work
     scorer = _load_scorer(checkpoint, config)
     threshold, source = resolve_threshold(
         checkpoint, threshold=config.threshold, thresholds_file=config.thresholds_file, dataset=config.dataset
     )
-    t2, mask, affine, record = _preprocessed(scan, out / f"{scan_name(scan)}_preprocessed", atlas, config)
+    work = out / f"{scan_name(scan)}_preprocessed"
+    source = scan_as_nifti(scan, work / NATIVE_NIFTI)  # the chain reads NIfTI; same voxels and grid
+    t2, mask, affine, record = _preprocessed(source, work, atlas, config)
     grid = _model_grid(t2, mask, affine, config)
     scores, prediction = _score(scorer, grid, threshold, config)
     from pddpm_monai.pipeline.report import plot_detection

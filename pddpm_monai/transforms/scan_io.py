@@ -1,0 +1,212 @@
+"""Reading one scan from the formats clinical pipelines hand over: NIfTI, other ITK files, DICOM series.
+
+- NIfTI (``.nii``, ``.nii.gz``): :func:`~pddpm_monai.utils.read_nifti` (nibabel), as everywhere else;
+- other single-file ITK formats (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``): SimpleITK ``ReadImage``;
+- a folder: the one DICOM series in it (SimpleITK ``ImageSeriesReader`` with GDCM's series
+  grouping and slice ordering). A folder with no series, or with several, is refused with a
+  one-line error that names the series found (UID, description, number of files).
+
+Every reader returns the nibabel convention of the rest of the project: an ``(X, Y, Z)`` float32 array
+and a RAS affine (SimpleITK's LPS geometry converted as in
+:func:`~pddpm_monai.transforms.preprocess.sitk_to_array`), validated like
+:func:`~pddpm_monai.utils.read_nifti` (3-D, finite, not all zeros). Outputs stay NIfTI on the scan's grid.
+
+:class:`ScanReader` is the same reader as a MONAI ``ImageReader`` (``LoadImaged(reader=ScanReader())``
+in the bundle's ``configs/inference.json``, also under MONAI Label), so the bundle needs neither
+``itk`` nor ``pydicom``.
+
+Example:
+    >>> array, affine = read_scan("DICOM/series_t2")  # doctest: +SKIP
+    >>> nifti = scan_as_nifti("sub-01_T2w.nrrd", "work/sub-01_T2w_native.nii.gz")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from monai.data import ImageReader
+from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+
+from pddpm_monai.transforms.preprocess import sitk_to_array
+from pddpm_monai.utils import InputError, read_nifti, save_nifti
+
+__all__ = [
+    "NIFTI_SUFFIXES",
+    "ITK_SUFFIXES",
+    "SCAN_SUFFIXES",
+    "is_scan_path",
+    "is_nifti",
+    "dicom_series",
+    "read_scan",
+    "scan_as_nifti",
+    "ScanReader",
+]
+
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+#: single-file formats read with SimpleITK
+ITK_SUFFIXES: tuple[str, ...] = (".nrrd", ".nhdr", ".mha", ".mhd")
+#: every file suffix :func:`read_scan` takes (a folder is read as a DICOM series)
+SCAN_SUFFIXES: tuple[str, ...] = NIFTI_SUFFIXES + ITK_SUFFIXES
+#: DICOM tag of the series description (shown in the error for a folder with several series)
+_SERIES_DESCRIPTION = "0008|103e"
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a NIfTI file (by its suffix)."""
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def is_scan_path(path: str | os.PathLike) -> bool:
+    """Whether :func:`read_scan` would try ``path``: a folder, or a file with a :data:`SCAN_SUFFIXES` suffix."""
+    return Path(path).is_dir() or str(path).lower().endswith(SCAN_SUFFIXES)
+
+
+def _series_label(folder: Path, uid: str) -> str:
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+    description = ""
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(files[0])
+        reader.ReadImageInformation()
+        if reader.HasMetaDataKey(_SERIES_DESCRIPTION):
+            description = reader.GetMetaData(_SERIES_DESCRIPTION).strip()
+    except RuntimeError:
+        pass
+    return f"{uid}{f' {description!r}' if description else ''} ({len(files)} files)"
+
+
+def dicom_series(folder: str | os.PathLike) -> list[str]:
+    """The DICOM files of the one series in ``folder``, in slice order (GDCM).
+
+    Raises:
+        InputError: the folder does not exist, holds no DICOM series, or holds several (named).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "folder not found")
+    uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    if not uids:
+        raise InputError(folder, "no DICOM series in this folder (expected the files of one series)")
+    if len(uids) > 1:
+        listed = "; ".join(_series_label(folder, uid) for uid in uids)
+        raise InputError(
+            folder, f"{len(uids)} DICOM series in this folder: {listed}; put each series in its own folder"
+        )
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uids[0]))
+
+
+def _validated(path: Path, array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The checks of :func:`~pddpm_monai.utils.read_nifti` on an array read another way."""
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise InputError(path, f"expected a 3-D image, got shape {tuple(array.shape)}")
+    array = np.asarray(array, dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise InputError(path, f"image contains {int((~np.isfinite(array)).sum())} NaN/Inf voxels")
+    if not np.any(array):
+        raise InputError(path, "image is all zeros")
+    return array, np.asarray(affine, dtype=np.float64)
+
+
+def _read_sitk(path: Path, image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            path, f"expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components"
+        )
+    if image.GetDimension() != 3:
+        raise InputError(path, f"expected a 3-D image, got a {image.GetDimension()}-D one")
+    return _validated(path, *sitk_to_array(image))
+
+
+def read_scan(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read and validate one 3-D scan: NIfTI, NRRD/MetaImage, or a folder holding one DICOM series.
+
+    Args:
+        path: the file, or the folder of the DICOM series.
+
+    Returns:
+        ``(array (X, Y, Z) float32, RAS affine)``, as :func:`~pddpm_monai.utils.read_nifti`.
+
+    Raises:
+        InputError: naming ``path``: not found, an unknown suffix, unreadable, no or several DICOM
+            series, not 3-D, NaN/Inf voxels, all zeros.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = dicom_series(path)
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+        try:
+            image = reader.Execute()
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise InputError(path, f"not a readable DICOM series ({first})") from None
+        return _read_sitk(path, image)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if is_nifti(path):
+        return read_nifti(path)
+    if not str(path).lower().endswith(ITK_SUFFIXES):
+        raise InputError(
+            path,
+            f"unsupported scan format: expected {', '.join(SCAN_SUFFIXES)} or a folder holding one DICOM series",
+        )
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise InputError(path, f"not a readable image ({first})") from None
+    return _read_sitk(path, image)
+
+
+def scan_as_nifti(path: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """``path`` itself when it is NIfTI, else the scan converted to the NIfTI ``out`` (atomically).
+
+    The conversion keeps the voxels (float32) and the geometry (RAS affine): results computed on
+    ``out`` are on the grid of ``path``.
+    """
+    if is_nifti(path) and Path(path).is_file():
+        return Path(path)
+    array, affine = read_scan(path)
+    return save_nifti(array, affine, out)
+
+
+class ScanReader(ImageReader):
+    """MONAI ``ImageReader`` over :func:`read_scan` (NIfTI, NRRD/MetaImage, a DICOM series folder).
+
+    One scan per call; the array is ``(X, Y, Z)`` float32 with a RAS ``affine`` in the metadata, as
+    MONAI's ``NibabelReader`` gives it, so ``LoadImaged(keys, reader=ScanReader())`` can replace the
+    default reader in the bundle's inference (and under MONAI Label).
+    """
+
+    def verify_suffix(self, filename: Sequence[os.PathLike | str] | os.PathLike | str) -> bool:
+        """A folder, or a file with one of :data:`SCAN_SUFFIXES`."""
+        return all(is_scan_path(f) for f in ensure_tuple(filename))
+
+    def read(self, data: Sequence[os.PathLike | str] | os.PathLike | str, **kwargs: Any) -> Any:
+        """Read the scan (exactly one path)."""
+        paths = ensure_tuple(data)
+        if len(paths) != 1:
+            raise InputError(
+                str(paths[0]) if paths else "image", f"expected one scan, got {len(paths)} paths"
+            )
+        array, affine = read_scan(paths[0])
+        return array, affine
+
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        """``(array, metadata)`` with ``affine``, ``original_affine``, ``spatial_shape``, ``space``."""
+        array, affine = img
+        meta = {
+            MetaKeys.AFFINE: affine.copy(),
+            MetaKeys.ORIGINAL_AFFINE: affine.copy(),
+            MetaKeys.SPATIAL_SHAPE: np.asarray(array.shape),
+            MetaKeys.SPACE: SpaceKeys.RAS,
+            MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
+        }
+        return array, meta
