@@ -52,8 +52,12 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     "ixi": DatasetSpec("Train", "ixi", skull_stripped=False, in_atlas_space=False, has_seg=False, label=0),
+    # BraTS is distributed skull-stripped on the SRI24 grid, but the authors still register it
+    # affinely to the SRI24 T1 brain (preprocessing/prepare_Brats21.sh: registration.py -trans
+    # Affine) and `pddpm detect` registers every scan: both register it, so a BraTS scan gets the
+    # same chain in the data root and in detect (the skull stripping is still skipped)
     "brats21": DatasetSpec(
-        "Test", "Brats21", skull_stripped=True, in_atlas_space=True, has_seg=True, label=1
+        "Test", "Brats21", skull_stripped=True, in_atlas_space=False, has_seg=True, label=1
     ),
     "mslub": DatasetSpec("Test", "MSLUB", skull_stripped=True, in_atlas_space=False, has_seg=True, label=1),
 }

@@ -71,6 +71,13 @@ def _add_detect(subparsers: argparse._SubParsersAction) -> None:
         "--patch-size", type=int, default=None, help="patch size (pddpm; default: the checkpoint's)"
     )
     p.add_argument("--hd-bet-mode", choices=("fast", "accurate"), default="fast", help="1 or 5 HD-BET folds")
+    p.add_argument(
+        "--bias-correction",
+        choices=("n4", "robust"),
+        default="n4",
+        help="bias correction of the chain: the one the model's data root was preprocessed with "
+        "(default n4, the authors'; robust: transforms/bias.py)",
+    )
     p.add_argument("--overwrite", action="store_true", help="recompute when the outputs exist")
     p.set_defaults(func=run_detect)
 
@@ -89,8 +96,12 @@ def detect_config_from_args(args: argparse.Namespace):
     for name in ("dataset", "device", "t_test", "patch_size"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
+    preprocess = dataclasses.replace(
+        config.preprocess, bias_correction=getattr(args, "bias_correction", "n4")
+    )
     if args.hd_bet_mode == "accurate":
-        changes["preprocess"] = dataclasses.replace(config.preprocess, hd_bet_folds=(0, 1, 2, 3, 4))
+        preprocess = dataclasses.replace(preprocess, hd_bet_folds=(0, 1, 2, 3, 4))
+    changes["preprocess"] = preprocess
     return dataclasses.replace(config, **changes)
 
 
