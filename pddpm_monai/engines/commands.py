@@ -47,6 +47,7 @@ TRAIN_OPTIONS = {
     "method": "method",
     "epochs": "epochs",
     "batch_size": "batch_size",
+    "slices_per_volume": "slices_per_volume",
     "lr": "lr",
     "device": "device",
     "seed": "seed",
@@ -117,7 +118,16 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "--gan-iterations", type=int, help="WGAN-GP iterations before the encoder (default 8000; fanogan)"
     )
     p.add_argument("--epochs", type=int, help="epochs (default 1600)")
-    p.add_argument("--batch-size", type=int, help="slices per batch (default 32)")
+    p.add_argument(
+        "--batch-size",
+        type=_positive,
+        help="slices per batch (default 32; an epoch draws slices-per-volume x training volumes slices)",
+    )
+    p.add_argument(
+        "--slices-per-volume",
+        type=_positive,
+        help="training slices drawn per volume and epoch (default 1, the authors')",
+    )
     p.add_argument("--lr", type=float, help="Adam learning rate (default 0.0001, the authors' config)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
     p.add_argument("--seed", type=int, help="seed of all random draws (default 3141)")
@@ -136,6 +146,13 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-empty-slices", action="store_true", help="draw only training slices with brain")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.set_defaults(func=run_train)
+
+
+def _positive(text: str) -> int:
+    """A positive integer option value."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
 
 
 def _add_reconstruct(subparsers: argparse._SubParsersAction) -> None:

@@ -52,10 +52,13 @@ from pddpm_monai.data.dataset import AllSlicesDataset, CacheMode, RandomSliceDat
 from pddpm_monai.engines.checkpoint import make_checkpoint, read_checkpoint
 from pddpm_monai.engines.config import apply_overrides, config_to_dict
 from pddpm_monai.engines.methods import Method, build_method
+from pddpm_monai.names import method_label
 from pddpm_monai.utils import InputError, PddpmError, save_checkpoint, save_json
 
 __all__ = [
     "TrainConfig",
+    "RunLogFormatter",
+    "warn_unfilled_batch",
     "TrainingCheckpointer",
     "TensorBoardImageGridHandler",
     "resolve_device",
@@ -229,12 +232,25 @@ def build_method_for(config: TrainConfig) -> Method:
     """The (untrained) method that ``config`` describes, its weights initialised from ``config.seed``.
 
     The global torch generator is left as it was (the initialisation runs in ``fork_rng``).
+
+    Raises:
+        InputError: for invalid options, including a network that cannot be built from them (e.g.
+            GroupNorm groups that do not divide the channels: ``--channels 16`` with the default 32
+            groups).
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return build_method(
-            config.method, apply_overrides({}, config.method_options), source="method options"
-        )
+        try:
+            return build_method(
+                config.method, apply_overrides({}, config.method_options), source="method options"
+            )
+        except ValueError as err:
+            if isinstance(err, InputError):
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise InputError(
+                "method options", f"cannot build the {method_label(config.method)} network: {first}"
+            ) from None
 
 
 class TrainingCheckpointer:
@@ -537,12 +553,37 @@ def build_trainer(
     return trainer
 
 
-def _setup_logging() -> None:
+class RunLogFormatter(logging.Formatter):
+    """``HH:MM:SS <method> [train|val|data] message``: log lines name the method as the paper does.
+
+    The logger names under ``pddpm`` (``pddpm.train``, ``pddpm.val``, ...) become the stage word, so a
+    DDPM run's lines say ``DDPM``, never ``pddpm``.
+
+    Args:
+        label: the method's display name (:func:`~pddpm_monai.names.method_label`).
+    """
+
+    def __init__(self, label: str) -> None:
+        super().__init__("%(asctime)s %(message)s", "%H:%M:%S")
+        self.label = label
+
+    def format(self, record: logging.LogRecord) -> str:
+        stage = record.name[len(LOGGER_NAME) + 1 :] if record.name.startswith(f"{LOGGER_NAME}.") else ""
+        text = super().format(record)
+        time, _, message = text.partition(" ")
+        return " ".join(part for part in (time, self.label, stage, message) if part)
+
+
+def _setup_logging(method: str) -> None:
+    """Log ``pddpm.*`` records of this run to stderr, each line naming ``method`` as the paper does."""
     logger = logging.getLogger(LOGGER_NAME)
-    if not logger.handlers:
+    handler = next((h for h in logger.handlers if getattr(h, "pddpm_run_handler", False)), None)
+    if handler is None and not logger.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s", "%H:%M:%S"))
+        handler.pddpm_run_handler = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
+    if handler is not None:
+        handler.setFormatter(RunLogFormatter(method_label(method)))
     logger.setLevel(logging.INFO)
 
 
@@ -552,6 +593,7 @@ def prepare_training(
     train_volumes: Sequence[Mapping[str, Any]] | None = None,
     val_volumes: Sequence[Mapping[str, Any]] | None = None,
     summary_writer: Any | None = None,
+    method: Method | None = None,
 ) -> SupervisedTrainer:
     """Build data, method and trainer of a run, resumed from ``<out>/last.pt`` when present.
 
@@ -560,18 +602,21 @@ def prepare_training(
         train_volumes: training volumes (dicts with ``(1, H, W, D)`` tensors) instead of the data root.
         val_volumes: validation volumes (with ``train_volumes``; ``None``: no validation).
         summary_writer: TensorBoard writer (``None``: none).
+        method: the method, already built by :func:`build_method_for` (``None``: built here).
 
     Returns:
         the trainer, possibly already at its last epoch (then ``trainer.run()`` must not be called;
         :func:`train` checks).
     """
-    method = build_method_for(config)  # first: bad options fail before the volumes are loaded
+    if method is None:
+        method = build_method_for(config)  # first: bad options fail before the volumes are loaded
     if train_volumes is None:
         train_volumes, val_volumes = load_volumes(config)
     context = getattr(method, "context_slices", 0)
     train_loader, val_loader = build_loaders(config, train_volumes, val_volumes, context=context)
     if len(train_loader) == 0:
         raise InputError("--batch-size", "no training batch: fewer training slices than the batch size")
+    warn_unfilled_batch(config, len(train_volumes))
     trainer = build_trainer(config, method, train_loader, val_loader, summary_writer=summary_writer)
     last = trainer.checkpointer.last_path
     if config.resume and last.is_file():
@@ -580,6 +625,25 @@ def prepare_training(
             "resumed from %s at epoch %d, iteration %d", last, info["epoch"], info["iteration"]
         )
     return trainer
+
+
+def warn_unfilled_batch(config: TrainConfig, n_volumes: int) -> str:
+    """One-line warning when an epoch draws fewer slices than one batch holds; returns it ("" if none).
+
+    An epoch draws ``slices_per_volume`` slices per training volume (the authors: one), so 8 volumes
+    give 8-slice batches whatever batch size is asked. The run goes on with the smaller batches.
+    """
+    per_epoch = n_volumes * config.slices_per_volume
+    if config.batch_size <= per_epoch:
+        return ""
+    message = (
+        f"warning: batch size {config.batch_size} is larger than the {per_epoch} slices an epoch draws "
+        f"({n_volumes} training volumes x {config.slices_per_volume} slice(s) per volume): every batch "
+        f"holds {per_epoch} slices; draw more slices per volume and epoch (--slices-per-volume) "
+        "or lower --batch-size"
+    )
+    logging.getLogger(LOGGER_NAME).warning(message)
+    return message
 
 
 def _is_finished(trainer: Engine, epochs: int) -> bool:
@@ -607,14 +671,22 @@ def train(
     """
     from torch.utils.tensorboard import SummaryWriter
 
-    _setup_logging()
+    _setup_logging(config.method)
     out = Path(config.out_dir)
+    # bad options and bad data fail before anything is written: no output folder is left behind
+    method = build_method_for(config)
+    if train_volumes is None:
+        train_volumes, val_volumes = load_volumes(config)
     out.mkdir(parents=True, exist_ok=True)
     save_json(config_to_dict(config), out / "train_config.json")
     writer = SummaryWriter(log_dir=str(out / "tensorboard"))
     try:
         trainer = prepare_training(
-            config, train_volumes=train_volumes, val_volumes=val_volumes, summary_writer=writer
+            config,
+            train_volumes=train_volumes,
+            val_volumes=val_volumes,
+            summary_writer=writer,
+            method=method,
         )
         if _is_finished(trainer, config.epochs):
             logging.getLogger(LOGGER_NAME).info(

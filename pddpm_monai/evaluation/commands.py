@@ -4,12 +4,14 @@ Examples::
 
     pddpm evaluate --method thresh --data-root ROOT --out results
     pddpm evaluate --checkpoint f0.pt --checkpoint f1.pt --data-root ROOT --out results --t-test 500 --patch-size 48
+    pddpm evaluate --checkpoint runs/fold0 --data-root ROOT --out results     # a run folder: its best.pt
     pddpm table results
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from pddpm_monai.utils import InputError
@@ -18,11 +20,40 @@ from pddpm_monai.utils import InputError
 CHECKPOINT_FREE_METHODS = ("thresh",)
 
 
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint file, or a training run folder's ``best.pt`` (``last.pt`` when it has no ``best.pt``).
+
+    ``pddpm train`` prints the same choice (training without validation writes no ``best.pt``); the
+    fallback is said on stderr.
+
+    Raises:
+        InputError: naming the folder when it holds neither checkpoint, or the path when it is absent.
+    """
+    from pddpm_monai.engines.trainer import BEST_CHECKPOINT, LAST_CHECKPOINT
+
+    path = Path(path)
+    if not path.is_dir():
+        if not path.exists():
+            raise InputError(path, "checkpoint not found")
+        return path
+    if (path / BEST_CHECKPOINT).is_file():
+        return path / BEST_CHECKPOINT
+    if (path / LAST_CHECKPOINT).is_file():
+        sys.stderr.write(
+            f"pddpm evaluate: {path} has no {BEST_CHECKPOINT} (no validation): using {LAST_CHECKPOINT}\n"
+        )
+        return path / LAST_CHECKPOINT
+    raise InputError(
+        path,
+        f"run folder holds no {BEST_CHECKPOINT} or {LAST_CHECKPOINT}: train first, or pass a checkpoint file",
+    )
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from pddpm_monai.evaluation.evaluate import EvaluationConfig, VolumeLoader, evaluate_method
     from pddpm_monai.evaluation.scorers import ThreshScorer, load_checkpoint_scorer
 
-    checkpoints = args.checkpoint or []
+    checkpoints = [resolve_checkpoint(c) for c in args.checkpoint or []]
     if bool(checkpoints) == bool(args.method):
         raise InputError(
             "--checkpoint/--method", "give either --checkpoint CKPT (repeatable) or --method thresh"
@@ -89,7 +120,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="threshold on validation, metrics, NIfTIs and figures on test (resumable)",
         description="Evaluate checkpoints (one per fold) or the Thresh baseline on a data root.",
     )
-    p.add_argument("--checkpoint", action="append", type=Path, help="trained checkpoint (repeat for folds)")
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        type=Path,
+        help="trained checkpoint, or a training run folder (its best.pt); repeat for folds",
+    )
     p.add_argument("--method", choices=CHECKPOINT_FREE_METHODS, help="a method without checkpoint")
     p.add_argument("--data-root", required=True, type=Path, help="data root with splits/")
     p.add_argument("--out", required=True, type=Path, help="results root (<out>/<method>/fold<k>/)")

@@ -47,6 +47,7 @@ from pddpm_monai.evaluation.metrics import VoxelSet, dice_score, pr_histogram, v
 from pddpm_monai.evaluation.postprocess import PostprocessConfig, binarize, postprocess_anomaly_map
 from pddpm_monai.evaluation.scorers import AnomalyScorer
 from pddpm_monai.evaluation.threshold import ValidationPool, fpr_threshold
+from pddpm_monai.names import method_label
 from pddpm_monai.transforms.loading import ModelGridConfig, model_grid_transforms
 from pddpm_monai.utils import InputError, atomic_path, read_nifti, save_json, save_nifti
 
@@ -299,9 +300,11 @@ class _Scoring:
         with torch.no_grad():
             reconstruction, raw = self.scorer(image, mask)
         gt_file = item.get("seg") or item["image"]
-        raw = _checked(raw, image, gt_file, "anomaly map", self.scorer.name)
+        raw = _checked(raw, image, gt_file, "anomaly map", method_label(self.scorer.name))
         if reconstruction is not None:
-            reconstruction = _checked(reconstruction, image, gt_file, "reconstruction", self.scorer.name)
+            reconstruction = _checked(
+                reconstruction, image, gt_file, "reconstruction", method_label(self.scorer.name)
+            )
         seg = data.get("seg")
         affine = np.asarray(image.affine, dtype=np.float64)
         image_np, mask_np = _np(image), _np(mask)
@@ -375,7 +378,7 @@ def _find_threshold(
         raise InputError(split_path(data_root, spec.val_split), "validation split is empty")
     pool = ValidationPool(floor=0.0)
     cache_dir = run_dir / "nifti" / f"{key}_val"
-    for item in _bar(items, f"{scoring.scorer.name} {spec.label} val", config):
+    for item in _bar(items, f"{method_label(scoring.scorer.name)} {spec.label} val", config):
         map_path, seg_path = (
             cache_dir / f"{item['name']}_anomaly.nii.gz",
             cache_dir / f"{item['name']}_seg.nii.gz",
@@ -428,7 +431,7 @@ def _healthy_thresholds(scoring: _Scoring, data_root: Path, run_dir: Path, fold:
         raise InputError(csv_path, "healthy validation split is empty")
     scores = [
         (vol := scoring(item)).scores[vol.mask]
-        for item in _bar(items, f"{scoring.scorer.name} IXI val", scoring.config)
+        for item in _bar(items, f"{method_label(scoring.scorer.name)} IXI val", scoring.config)
     ]
     pooled = np.concatenate(scores)
     entry = {_fpr_column(r): fpr_threshold(pooled, r) for r in rates}
@@ -567,7 +570,7 @@ def evaluate_method(
             entry = _find_threshold(scoring, key, spec, data_root, run_dir)
             threshold, edges = float(entry["threshold"]), np.asarray(entry["bin_edges"])
         records = []
-        for item in _bar(items, f"{scorer.name} {spec.label} test", config):
+        for item in _bar(items, f"{method_label(scorer.name)} {spec.label} test", config):
             record_path = run_dir / "volumes" / key / f"{item['name']}.json"
             record = _read_json(record_path)
             stale = (
@@ -586,7 +589,7 @@ def evaluate_method(
         if config.figures:
             from pddpm_monai.evaluation.figures import run_figures
 
-            run_figures(run_dir, key, spec.label, records, scorer.name, scoring.reference)
+            run_figures(run_dir, key, spec.label, records, method_label(scorer.name), scoring.reference)
     _write_csv(all_rows, run_dir / "metrics.csv", list(fpr_thresholds))
     save_json(summary, run_dir / "summary.json")
     return run_dir

@@ -4,7 +4,9 @@ Each run folder (``<method>/fold<k>/`` from :func:`~pddpm_monai.evaluation.evalu
 holds a per-volume ``metrics.csv``. Per (method, fold, dataset) the volumes are averaged with
 ``nanmean`` (volumes with empty ground truth are NaN and left out); then mean ± std over the folds
 (sample std, ``ddof=1``; a method with one fold, such as Thresh, shows the mean only).
-Dice and AUPRC are in percent, l1 in units of 1e-3, as in the paper.
+Dice and AUPRC are in percent, l1 in units of 1e-3, as in the paper. Rows name the methods as the
+paper does (``pDDPM``, ``DDPM``, ``AE``, ...: :func:`~pddpm_monai.names.method_label`), in the order
+of its Table 1, whatever the results folders are called.
 
 Significance: for every dataset, each method's per-volume Dice (mean over folds) is compared with
 the reference method's (default: the best mean Dice in that dataset) by a paired permutation test;
@@ -25,6 +27,7 @@ import pandas as pd
 
 from pddpm_monai.evaluation.evaluate import DATASETS
 from pddpm_monai.evaluation.stats import PermutationConfig, paired_permutation_test
+from pddpm_monai.names import method_label, method_order
 from pddpm_monai.utils import InputError, atomic_path
 
 __all__ = [
@@ -77,7 +80,7 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def load_results(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """All per-volume rows of the runs below ``paths``, with ``method`` and ``fold`` columns."""
+    """All per-volume rows of the runs below ``paths``, with ``method`` (the paper's name) and ``fold`` columns."""
     frames = []
     for run in find_runs(paths):
         try:
@@ -88,7 +91,7 @@ def load_results(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
         missing = {"name", "dataset", "dice", "auprc", "l1"} - set(frame.columns)
         if missing:
             raise InputError(run / "metrics.csv", f"lacks column(s) {sorted(missing)}")
-        frame["method"], frame["fold"] = str(meta["method"]), int(meta["fold"])
+        frame["method"], frame["fold"] = method_label(str(meta["method"])), int(meta["fold"])
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
@@ -101,7 +104,7 @@ def aggregate(results: pd.DataFrame, columns: Sequence[TableColumn] = TABLE_COLU
     """
     per_fold = results.groupby(["method", "fold", "dataset"])[["dice", "auprc", "l1"]].mean()  # skips NaN
     rows = {}
-    for method in sorted(results["method"].unique()):
+    for method in sorted(results["method"].unique(), key=method_order):
         row = {}
         for col in columns:
             try:
@@ -126,7 +129,7 @@ def significance_tests(
 ) -> pd.DataFrame:
     """Paired permutation tests on per-volume Dice for every pair of methods and unhealthy dataset."""
     rows = []
-    methods = sorted(results["method"].unique())
+    methods = sorted(results["method"].unique(), key=method_order)
     for dataset in sorted(results["dataset"].unique()):
         if dataset in DATASETS and not DATASETS[dataset].unhealthy:
             continue
@@ -228,7 +231,7 @@ def _pr_figures(runs: list[Path], out_dir: Path) -> list[Path]:
             if not pr.is_file():
                 continue
             meta = json.loads((run / "run.json").read_text())
-            label = f"{meta['method']} (fold {meta['fold']})"
+            label = f"{method_label(meta['method'])} (fold {meta['fold']})"
             data = np.load(pr)
             curves[label] = pr_curve_from_histogram(data["pos"], data["neg"])
         if curves:
@@ -258,6 +261,7 @@ def write_table(
     """
     out_dir = Path(out_dir)
     results = load_results(paths)
+    reference = None if reference is None else method_label(reference)
     if reference is not None and reference not in set(results["method"]):
         raise InputError(
             "--reference", f"method {reference!r} is not among {sorted(results['method'].unique())}"

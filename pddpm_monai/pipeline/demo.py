@@ -40,6 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pddpm_monai.names import method_label
 from pddpm_monai.transforms.preprocess import PreprocessConfig
 from pddpm_monai.utils import InputError, PddpmError, save_json
 
@@ -346,9 +347,9 @@ def _stage_train(paths: DemoPaths, config: DemoConfig) -> str:
     methods, missing = demo_methods(config)
     notes = []
     for method in methods:
-        _say(f"training {method} ({config.epochs} epochs) -> {paths.runs / method}")
+        _say(f"training {method_label(method)} ({config.epochs} epochs) -> {paths.runs / method}")
         checkpoint = train(_train_config(paths, config, method))
-        notes.append(f"{method}: {checkpoint.name}")
+        notes.append(f"{method_label(method)}: {checkpoint.name}")
     if missing:
         notes.append(f"not installed, left out: {', '.join(missing)}")
     return "; ".join(notes)
@@ -377,7 +378,7 @@ def _stage_evaluate(paths: DemoPaths, config: DemoConfig) -> str:
     if config.thresh_baseline:
         scorers.append((ThreshScorer(), {}))
     for index, (scorer, extra) in enumerate(scorers):
-        _say(f"evaluating {scorer.name}")
+        _say(f"evaluating {method_label(scorer.name)}")
         # overlays (best/median/worst) for the first method (pDDPM), the one the report shows
         config_i = dataclasses.replace(eval_config, figures=index == 0)
         evaluate_method(

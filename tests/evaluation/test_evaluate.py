@@ -402,6 +402,45 @@ def test_checkpoint_scorer_from_the_engines_plugs_in(tiny_root, tmp_path):
     assert (run / "nifti" / "ixi" / "IXI002-Guys-0828_reconstruction.nii.gz").is_file()
 
 
+def test_resolve_checkpoint_takes_a_run_folder(tmp_path, capsys):
+    from pddpm_monai.evaluation.commands import resolve_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(InputError, match=r"run: run folder holds no best.pt or last.pt"):
+        resolve_checkpoint(run)
+    (run / "last.pt").write_bytes(b"x")
+    assert resolve_checkpoint(run) == run / "last.pt"
+    assert "has no best.pt (no validation): using last.pt" in capsys.readouterr().err
+    (run / "best.pt").write_bytes(b"x")
+    assert resolve_checkpoint(run) == run / "best.pt"
+    assert resolve_checkpoint(run / "last.pt") == run / "last.pt"
+    with pytest.raises(InputError, match="nope.pt: checkpoint not found"):
+        resolve_checkpoint(tmp_path / "nope.pt")
+
+
+def test_cli_evaluate_a_run_folder_uses_its_best_checkpoint(tiny_root, tmp_path, capsys):
+    from pddpm_monai.engines.checkpoint import save_method_checkpoint
+    from pddpm_monai.engines.methods import build_method
+
+    # three levels: the middle attention runs on 24x24 tokens, not 96x96 (that alone costs a minute)
+    net = {
+        "model_channels": 8,
+        "channel_mult": [1, 1, 1],
+        "num_res_blocks": 1,
+        "num_groups": 4,
+        "num_head_channels": 8,
+    }
+    run_dir = tmp_path / "runs" / "ddpm"
+    save_method_checkpoint(run_dir / "best.pt", build_method("ddpm", {"network": net, "t_test": 100}))
+    out = tmp_path / "results"
+    args = ["evaluate", "--checkpoint", str(run_dir), "--data-root", str(tiny_root), "--out", str(out)]
+    assert cli_main([*args, "--datasets", "ixi", "--no-figures", "--no-nifti", "--quiet"]) == 0
+    meta = json.loads((out / "ddpm" / "fold0" / "run.json").read_text())
+    assert meta["checkpoint"] == str(run_dir / "best.pt") and meta["method"] == "ddpm"
+    assert len(_rows(out / "ddpm" / "fold0")) == 2
+
+
 @pytest.mark.slow
 def test_synthetic_cohort_root_with_a_perfect_method(tmp_path):
     """The synthetic cohort's data root (192x192x160, default 96x96x50 model grid) evaluates end to end."""

@@ -91,6 +91,26 @@ def test_significance_and_markdown(results):
     assert (results / "table" / "permutation_tests.csv").is_file()
 
 
+def test_table_names_methods_as_the_paper_in_its_order(tmp_path):
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.2, 0.5, len(NAMES))
+    for i, key in enumerate(("pddpm", "ddpm", "ae", "fanogan", "Thresh")):  # results folders / run.json keys
+        _write_run(tmp_path, key, 0, list(base + 0.01 * i), 0.02)
+    written = write_table(
+        [tmp_path], tmp_path / "table", reference="ddpm", config=PermutationConfig(rounds=200)
+    )
+    rows = [
+        line.split("|")[1].strip()
+        for line in written["table.md"].read_text().splitlines()[2:]
+        if line.startswith("| ")
+    ]
+    assert rows == ["Thresh", "AE", "f-AnoGAN", "DDPM", "pDDPM"]
+    csv_rows = [line.split(",")[0] for line in written["table.csv"].read_text().splitlines()[1:]]
+    assert csv_rows == rows
+    tests = written["permutation_tests.csv"].read_text()
+    assert "pDDPM" in tests and "pddpm" not in tests
+
+
 def test_missing_results_folder_is_one_line_error(tmp_path):
     with pytest.raises(InputError, match="no evaluation results"):
         load_results([tmp_path])
