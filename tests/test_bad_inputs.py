@@ -394,6 +394,90 @@ def case_bundle_unknown_key(env, tmp):
     )
 
 
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def case_split_row_pairs_two_subjects(env, tmp):
+    """A split converted with a blind replace("t1", "t2"): patient15's row names patient25's scan."""
+    root = _copy_root(env, tmp)
+    img, mask = _brain()
+    seg = np.zeros_like(mask)
+    seg[20:26, 20:26, 18:24] = 1
+    for patient in ("patient15", "patient25"):
+        for kind, arr in (("t2", img), ("mask", mask), ("seg", seg)):
+            _nifti(root / f"Test/MSLUB/{kind}/{patient}_{kind}.nii.gz", arr)
+    row = dict(img_name="patient15", age=57, label=1, img_path="/Test/MSLUB/t2/patient25_t2.nii.gz")
+    row.update(
+        mask_path="/Test/MSLUB/mask/patient15_mask.nii.gz", seg_path="/Test/MSLUB/seg/patient15_seg.nii.gz"
+    )
+    _write_csv(root / "splits/MSLUB_val.csv", [row])
+    test = {k: v.replace("patient15", "patient25") for k, v in row.items() if isinstance(v, str)}
+    _write_csv(root / "splits/MSLUB_test.csv", [{**row, **test}])
+    args = ["evaluate", "--method", "thresh", "--data-root", str(root), "--out", str(tmp / "eval")]
+    return (
+        args + ["--datasets", "mslub", "--no-figures"],
+        r"MSLUB_val.csv: line 2 \('patient15'\) pairs files of different subjects \(name patient15, image patient25",
+        tmp / "eval",
+    )
+
+
+def case_split_subject_twice_with_other_files(env, tmp):
+    root = _copy_root(env, tmp)
+    path = root / "splits/IXI_train_fold0.csv"
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    other = dict(rows[0], mask_path=rows[0]["mask_path"].replace("/mask/", "/mask_v2/"))
+    _nifti(root / other["mask_path"].lstrip("/"), _brain()[1])
+    _write_csv(path, [*rows, other])
+    args = ["train", "--data-root", str(root), "--out", str(tmp / "run"), "--epochs", "1"]
+    return (
+        args,
+        "IXI_train_fold0.csv: lines 2 and 4 list subject 'IXI000-Synth-0000' with different files",
+        tmp / "run",
+    )
+
+
+def case_channels_groups_do_not_divide(env, tmp):
+    args = ["train", "--data-root", str(env.data_root), "--out", str(tmp / "run"), "--channels", "16"]
+    return (
+        args,
+        "cannot build the pDDPM network: num_groups=32 must divide every level's channels",
+        tmp / "run",
+    )
+
+
+def case_slices_per_volume_zero(env, tmp):
+    args = ["train", "--data-root", str(env.data_root), "--out", str(tmp / "run"), "--slices-per-volume", "0"]
+    return args, "--slices-per-volume: must be a positive integer", tmp / "run"
+
+
+def case_evaluate_run_folder_without_checkpoint(env, tmp):
+    (tmp / "run").mkdir()
+    args = [
+        "evaluate",
+        "--checkpoint",
+        str(tmp / "run"),
+        "--data-root",
+        str(env.data_root),
+        "--out",
+        str(tmp / "e"),
+    ]
+    return args, "run: run folder holds no best.pt or last.pt", tmp / "e"
+
+
+#: cases refused before any output: their output folder must not exist afterwards
+NO_OUTPUT_FOLDER = (
+    "channels_groups_do_not_divide",
+    "slices_per_volume_zero",
+    "split_subject_twice_with_other_files",
+    "evaluate_run_folder_without_checkpoint",
+)
+
+
 CASES: dict[str, Callable] = {
     name[len("case_") :]: fn for name, fn in globals().items() if name.startswith("case_")
 }
@@ -429,6 +513,8 @@ def test_bad_input(env, tmp_path, case):
     result = _run(args)
     _assert_one_line_error(result, must_contain)
     assert _partial_files(out_dir) == []
+    if case in NO_OUTPUT_FOLDER:
+        assert not out_dir.exists(), sorted(out_dir.rglob("*"))
     assert not Path("/tmp/pddpm_pwned").exists()
 
 
