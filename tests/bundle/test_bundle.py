@@ -202,7 +202,7 @@ def test_run_evaluating_writes_table_and_threshold(
         data_root=str(tiny_root), output_dir=str(out), threshold_path=str(threshold_path),
         datasets=["brats21"], figures=False, save_nifti=False, progress=False)  # fmt: skip
     table = (out / "table.md").read_text()
-    row = next(line for line in table.splitlines() if line.startswith("| pddpm"))
+    row = next(line for line in table.splitlines() if line.startswith("| pDDPM"))
     assert float(row.split("|")[2].strip(" *")) >= 0  # BraTS21 Dice [%]
     metrics = (out / "pddpm" / "fold0" / "metrics.csv").read_text().splitlines()
     n_test = len((tiny_root / "splits" / "Brats21_test.csv").read_text().splitlines()) - 1
