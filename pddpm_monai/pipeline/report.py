@@ -27,6 +27,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
+from pddpm_monai.names import method_label  # noqa: E402
 from pddpm_monai.utils import atomic_path  # noqa: E402
 
 __all__ = [
@@ -336,7 +337,7 @@ def build_demo_report(paths: Any, methods: Sequence[str], stages: Mapping[str, A
         )
     )
     written: dict[str, Path] = {}
-    runs = {m: Path(paths.runs) / m / "tensorboard" for m in methods}
+    runs = {method_label(m): Path(paths.runs) / m / "tensorboard" for m in methods}
     curves = plot_training_curves(runs, out / "figures" / "training_curves.png")
     if curves is not None:
         written["training_curves"] = curves
