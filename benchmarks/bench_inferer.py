@@ -11,10 +11,20 @@ the max abs difference.
 Volumes/s are per 50-slice volume. With ``--measure-slices N < 50`` only N slices are run and the
 time is scaled by 50 / N (for the paper-size network on a CPU, which needs minutes per volume).
 
+``--paths`` adds, in the same run, the inferer's precision paths (``precision=`` of
+``patched_reconstruction``, see ``pddpm_monai.inferers.precision``) at the first ``max_batch``,
+each on its own copy of the same weights, with the speed-up against the eager fp32 batched row:
+``fp32`` (the reference), ``auto`` (fp32, channels-last on the CPU), ``bf16`` (autocast), and
+``compile`` / ``compile-auto`` (``torch.compile`` of the network, inductor with weight freezing, on
+the fp32 / auto path). ``--volumes 1,10`` times 1 and 10 volumes one after another (as evaluation
+runs them) for every path and prints how the time grows.
+
 Examples::
 
     python benchmarks/bench_inferer.py --network small --max-batch 4,16,64,200
     python benchmarks/bench_inferer.py --network paper --measure-slices 4 --max-batch 1,4,16 --repeats 1
+    python benchmarks/bench_inferer.py --network paper --measure-slices 2 --max-batch 8 \\
+        --paths fp32,auto,compile-auto --volumes 1,10 --repeats 1
     python benchmarks/bench_inferer.py --device cuda --dtype bf16 --channels-last --compile --max-batch 50,100,200
 """
 
@@ -22,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import platform
 import time
 from collections.abc import Callable
@@ -33,6 +44,7 @@ from torch import Tensor
 from pddpm_monai.diffusion import DiffusionProcess, patch_grid
 from pddpm_monai.inferers import patched_reconstruction
 from pddpm_monai.networks import DiffusionUNet
+from pddpm_monai.threads import set_threads
 
 NETWORKS = {
     "paper": {},
@@ -173,18 +185,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", default="16,64,200", help="comma-separated max_batch values")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: pddpm's policy)")
+    parser.add_argument(
+        "--paths", default="", help="precision paths side by side: fp32,auto,bf16,compile,compile-auto"
+    )
+    parser.add_argument("--volumes", default="", help="volume counts timed per path, e.g. 1,10")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads or None)
 
     device, dtype = args.device, DTYPES[args.dtype]
     torch.manual_seed(args.seed)
     slices = torch.rand(args.measure_slices, 1, args.size, args.size, device=device)
     process = DiffusionProcess()
-    network = with_autocast(
-        build_network(args.network, device, args.channels_last, args.compile), device, dtype
-    )
+    base_network = build_network(args.network, device, False, False)
+    network = base_network
+    if args.channels_last or args.compile:
+        network = copy.deepcopy(base_network)
+        network = network.to(memory_format=torch.channels_last) if args.channels_last else network
+        network = torch.compile(network) if args.compile else network
+    network = with_autocast(network, device, dtype)
     scale = VOLUME_SLICES / args.measure_slices
     num_positions = len(patch_grid(args.size, args.size, args.patch, args.patch))
 
@@ -192,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         f"device: {describe_device(device)}; dtype {args.dtype}; channels_last {args.channels_last}; "
         f"compile {args.compile}; network {args.network}; {args.size}x{args.size}x{VOLUME_SLICES} volume, "
         f"patch {args.patch} (K={num_positions}); measured on {args.measure_slices} slices, "
-        f"best of {args.repeats}; torch {torch.__version__}"
+        f"best of {args.repeats}; torch {torch.__version__}; load average {_load()}"
     )
     print(
         "| mode | wall s/volume | volumes/s | wall speed-up | CPU s/volume | CPU speed-up "
@@ -224,7 +243,78 @@ def main(argv: list[str] | None = None) -> int:
                 args.repeats,
             )
             report(Timing(f"batched, max_batch={max_batch}", wall * scale, cpu * scale, output), base)
+        if args.paths:
+            compare_paths(args, base_network, slices, process, reference)
     return 0
+
+
+def _load() -> str:
+    with contextlib.suppress(OSError):
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    return "n/a"
+
+
+def path_network(base: torch.nn.Module, path: str) -> torch.nn.Module:
+    """A copy of ``base`` (same weights) prepared for ``path``: compiled for ``compile*`` paths."""
+    network = copy.deepcopy(base)
+    if path.startswith("compile"):
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True  # constant weights: folded and pre-packed for oneDNN
+        if path == "compile-auto" and next(network.parameters()).device.type == "cpu":
+            network = network.to(memory_format=torch.channels_last)
+        network = torch.compile(network)
+    return network
+
+
+def compare_paths(args, base: torch.nn.Module, slices: Tensor, process, reference: Tensor) -> None:
+    """The precision paths at the first ``max_batch`` side by side, ratios against eager fp32."""
+    max_batch = int(args.max_batch.split(",")[0])
+    scale = VOLUME_SLICES / args.measure_slices
+    volume_counts = [int(v) for v in args.volumes.split(",") if v] or [1]
+    print(
+        f"\nprecision paths, batched, max_batch={max_batch}; per 50-slice volume (x{scale:g}); "
+        f"load average {_load()}"
+    )
+    head = " | ".join(f"{n} vol wall s | {n} vol speed-up" for n in volume_counts)
+    print(f"| path | compile/first call s | {head} | volumes/s | growth {volume_counts[-1]}/{volume_counts[0]} "
+          "| max abs diff vs loop |")  # fmt: skip
+    print("|---|---|" + "---|---|" * len(volume_counts) + "---|---|---|", flush=True)
+    results: dict[str, list[float]] = {}
+    for path in args.paths.split(","):
+        precision = "auto" if path == "compile-auto" else ("fp32" if path == "compile" else path)
+        network = path_network(base, path)
+
+        def one_volume(network=network, precision=precision) -> Tensor:
+            return patched_reconstruction(
+                slices, network, process, t_test=args.t_test, patch_size=args.patch, max_batch=max_batch,
+                generator=torch.Generator().manual_seed(args.seed), precision=precision,
+            )  # fmt: skip
+
+        start = time.perf_counter()
+        output = one_volume()  # warm-up, compilation
+        first = time.perf_counter() - start
+        walls = []
+        for count in volume_counts:
+            best = float("inf")
+            for _ in range(args.repeats):  # already warm: no extra warm-up call
+                start = time.perf_counter()
+                for _ in range(count):
+                    one_volume()
+                if args.device == "cuda":
+                    torch.cuda.synchronize()
+                best = min(best, time.perf_counter() - start)
+            walls.append(best * scale)
+        results[path] = walls
+        ref = results.get("fp32", walls)
+        cells = " | ".join(f"{w:.2f} | {r / w:.2f}x" for w, r in zip(walls, ref))
+        diff = (output.float() - reference.float()).abs().max().item()
+        print(
+            f"| {path} | {first:.1f} | {cells} | {volume_counts[-1] / walls[-1]:.4f} | "
+            f"{walls[-1] / walls[0]:.2f} | {diff:.1e} |",
+            flush=True,
+        )
+    print(f"load average at the end {_load()}")
 
 
 if __name__ == "__main__":

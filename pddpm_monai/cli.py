@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from pddpm_monai import __version__
+from pddpm_monai.inferers.precision import PRECISIONS, set_inference_precision
 from pddpm_monai.threads import THREADS_ENV, set_threads
 from pddpm_monai.utils import PddpmError
 
@@ -37,6 +38,9 @@ THREADED_COMMANDS: tuple[str, ...] = (
     "detect",
     "demo",
 )
+
+#: the verbs that run diffusion inference and take ``--precision`` (see :mod:`pddpm_monai.inferers.precision`)
+PRECISION_COMMANDS: tuple[str, ...] = ("reconstruct", "evaluate", "ablate", "detect", "demo")
 
 EXIT_USER_ERROR = 2
 
@@ -63,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
             type=_threads,
             default=None,
             help="CPU threads per process (default: $OMP_NUM_THREADS, else the usable cores / workers)",
+        )
+    for name in PRECISION_COMMANDS:
+        sub.choices[name].add_argument(
+            "--precision",
+            choices=PRECISIONS,
+            default="auto",
+            help="network precision at inference: auto (fp32, channels-last on the CPU; default), "
+            "fp32 (the reference), bf16 (autocast; fast only with AVX512-BF16/AMX or a GPU)",
         )
     return parser
 
@@ -95,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if hasattr(args, "threads"):
             _apply_threads(args)
+        if hasattr(args, "precision"):
+            set_inference_precision(args.precision)
         code = args.func(args)
     except PddpmError as err:
         if args.debug:

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from pddpm_monai.diffusion.patches import PatchGrid, patch_masks
 from pddpm_monai.diffusion.process import DiffusionProcess
+from pddpm_monai.inferers.precision import Precision, precision_network
 from pddpm_monai.inferers.reconstruction import (
     DEFAULT_MAX_BATCH,
     DEFAULT_SLICE_BATCH,
@@ -115,6 +116,7 @@ def patched_reconstruction(
     mode: InferenceMode = "batched",
     noise: Tensor | None = None,
     grid: PatchGrid = "overlap",
+    precision: Precision | None = None,
 ) -> Tensor:
     """Reconstruct slices patch by patch with a pDDPM network.
 
@@ -131,6 +133,8 @@ def patched_reconstruction(
         noise: a given noise field per slice ``(B, C, H, W)`` instead of drawing one.
         grid: ``"overlap"`` (default) or ``"tile"`` (the authors' grid; see
             :func:`~pddpm_monai.diffusion.patches.patch_grid`).
+        precision: ``"fp32"`` (the reference), ``"bf16"`` or ``"auto"`` (fp32, channels-last on
+            the CPU); ``None``: the process default (see :mod:`pddpm_monai.inferers.precision`).
 
     Returns:
         the reconstruction ``(B, C, H, W)`` in the data range, float32 (float64 for float64
@@ -153,6 +157,7 @@ def patched_reconstruction(
     x_t = process.add_noise(x0, noise.to(device=x0.device, dtype=x0.dtype), torch.tensor(t_index))
     height, width = inputs.shape[-2:]
     masks = patch_masks(height, width, *patch, device=inputs.device, dtype=inputs.dtype, grid=grid)
+    network = precision_network(network, precision, inputs.device)
     run = _batched if mode == "batched" else _sequential
     total = run(network, x0, x_t, masks, t_index, max_batch)
     coverage = masks.float().sum(dim=0)  # (1, H, W): how many patches cover each pixel (>= 1)
@@ -173,6 +178,8 @@ class PatchedDiffusionInferer(SliceDiffusionInferer):
             output from a bundle config); ``None`` uses torch's global generator.
         slice_batch: slices per batch for a volume input ``(B, C, H, W, D)``.
         grid: ``"overlap"`` (default) or ``"tile"`` (the authors' grid).
+        precision: ``"fp32"``, ``"bf16"``, ``"auto"`` or ``None`` (the process default, read at
+            each call; see :mod:`pddpm_monai.inferers.precision`).
 
     Example:
         >>> inferer = PatchedDiffusionInferer(DiffusionProcess(), t_test=500, patch_size=48)
@@ -191,6 +198,7 @@ class PatchedDiffusionInferer(SliceDiffusionInferer):
         seed: int | None = None,
         slice_batch: int = DEFAULT_SLICE_BATCH,
         grid: PatchGrid = "overlap",
+        precision: Precision | None = None,
     ) -> None:
         super().__init__(
             process,
@@ -203,6 +211,7 @@ class PatchedDiffusionInferer(SliceDiffusionInferer):
         self.patch_size = patch_size
         self.mode = mode
         self.grid = grid
+        self.precision = precision
 
     def reconstruct(
         self, inputs: Tensor, network: Network, *, generator: torch.Generator | None = None
@@ -218,4 +227,5 @@ class PatchedDiffusionInferer(SliceDiffusionInferer):
             generator=generator,
             mode=self.mode,
             grid=self.grid,
+            precision=self.precision,
         )
