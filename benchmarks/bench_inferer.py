@@ -277,9 +277,10 @@ def compare_paths(args, base: torch.nn.Module, slices: Tensor, process, referenc
         f"load average {_load()}"
     )
     head = " | ".join(f"{n} vol wall s | {n} vol speed-up" for n in volume_counts)
+    head += " | CPU s/volume | CPU speed-up"
     print(f"| path | compile/first call s | {head} | volumes/s | growth {volume_counts[-1]}/{volume_counts[0]} "
           "| max abs diff vs loop |")  # fmt: skip
-    print("|---|---|" + "---|---|" * len(volume_counts) + "---|---|---|", flush=True)
+    print("|---|---|" + "---|---|" * (len(volume_counts) + 1) + "---|---|---|", flush=True)
     results: dict[str, list[float]] = {}
     for path in args.paths.split(","):
         precision = "auto" if path == "compile-auto" else ("fp32" if path == "compile" else path)
@@ -296,18 +297,21 @@ def compare_paths(args, base: torch.nn.Module, slices: Tensor, process, referenc
         first = time.perf_counter() - start
         walls = []
         for count in volume_counts:
-            best = float("inf")
+            best, best_cpu = float("inf"), float("inf")
             for _ in range(args.repeats):  # already warm: no extra warm-up call
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 for _ in range(count):
                     one_volume()
                 if args.device == "cuda":
                     torch.cuda.synchronize()
                 best = min(best, time.perf_counter() - start)
+                best_cpu = min(best_cpu, time.process_time() - start_cpu)
             walls.append(best * scale)
-        results[path] = walls
-        ref = results.get("fp32", walls)
+        cpu = best_cpu * scale / volume_counts[-1]
+        results[path] = walls + [cpu]
+        ref = results.get("fp32", results[path])
         cells = " | ".join(f"{w:.2f} | {r / w:.2f}x" for w, r in zip(walls, ref))
+        cells += f" | {cpu:.1f} | {ref[-1] / cpu:.2f}x"
         diff = (output.float() - reference.float()).abs().max().item()
         print(
             f"| {path} | {first:.1f} | {cells} | {volume_counts[-1] / walls[-1]:.4f} | "

@@ -6,9 +6,12 @@
 2. Engine overhead: iterations/s of the MONAI ``SupervisedTrainer`` built by ``build_trainer``
    (stats, TensorBoard, checkpoint handlers attached) vs a bare Python loop calling
    ``method.train_iteration`` on the same batches.
+3. ``--threads 1,2``: slices/s of the bare loop with each torch thread count, in the same run
+   (ratio against the first count); on a shared machine the load average is printed with it.
 
 Usage:
     python benchmarks/bench_training.py [--volumes 4] [--iterations 20] [--device cpu] [--channels 32]
+    python benchmarks/bench_training.py --only-threads --threads 1,2 --iterations 5 --channels 32
 """
 
 from __future__ import annotations
@@ -114,18 +117,60 @@ def bench_engine(device: str, iterations: int, channels: int, out_dir: Path) -> 
     }
 
 
+def bench_threads(device: str, iterations: int, channels: int, counts: list[int], out_dir: Path) -> dict:
+    """Slices/s of the bare training loop for each torch thread count (same batches, same weights)."""
+    gen = torch.Generator().manual_seed(0)
+    volumes = [{"image": torch.rand(1, 96, 96, 50, generator=gen)} for _ in range(8)]
+    options = {"network": {"model_channels": channels, "channel_mult": [1, 2, 2], "num_res_blocks": 1}}
+    config = TrainConfig(
+        out_dir=str(out_dir), method_options=options, batch_size=8, slices_per_volume=iterations,
+        epochs=1, device=device, image_interval=0, resume=False,
+    )  # fmt: skip
+    loader, _ = build_loaders(config, volumes)
+    batches = [b["image"].to(device) for b in loader]
+    before = torch.get_num_threads()
+    result = {}
+    for count in counts:
+        torch.set_num_threads(count)
+        torch.manual_seed(0)
+        method = build_method_for(config).to(device)
+        optimizer = method.configure_optimizer(config.lr)
+        rng = torch.Generator().manual_seed(0)
+        method.train_iteration(batches[0], optimizer, generator=rng)  # warm-up
+        start = time.perf_counter()
+        for batch in batches:
+            method.train_iteration(batch, optimizer, generator=rng)
+        seconds = time.perf_counter() - start
+        result[f"threads_{count}_slices_per_s"] = round(len(batches) * config.batch_size / seconds, 2)
+    torch.set_num_threads(before)
+    first = result[f"threads_{counts[0]}_slices_per_s"]
+    for count in counts[1:]:
+        result[f"ratio_{count}_vs_{counts[0]}"] = round(result[f"threads_{count}_slices_per_s"] / first, 2)
+    result["load_average"] = open("/proc/loadavg").read().split()[:3]
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--volumes", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", default="", help="torch thread counts compared, e.g. 1,2")
+    parser.add_argument("--only-threads", action="store_true", help="skip the cache and engine parts")
     args = parser.parse_args()
     torch.manual_seed(0)
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        items = write_volumes(Path(tmp), args.volumes)
-        results = {"cache": bench_cache(items)}
-        results["engine"] = bench_engine(args.device, args.iterations, args.channels, Path(tmp) / "run")
+        if not args.only_threads:
+            items = write_volumes(Path(tmp), args.volumes)
+            results["cache"] = bench_cache(items)
+            results["engine"] = bench_engine(args.device, args.iterations, args.channels, Path(tmp) / "run")
+        if args.threads:
+            counts = [int(c) for c in args.threads.split(",")]
+            results["threads"] = bench_threads(
+                args.device, args.iterations, args.channels, counts, Path(tmp) / "t"
+            )
     results["args"] = vars(args)
     print(json.dumps(results, indent=2))
 
