@@ -14,7 +14,9 @@ def _preprocess(args: argparse.Namespace) -> int:
 
     atlas = resolve_atlas(args.atlas, channel=args.atlas_channel, mask=args.atlas_mask)
     config = PreprocessConfig()
-    overrides: dict = {"hd_bet_tta": args.hd_bet_tta, "bias_correction": args.bias_correction}
+    overrides: dict = {"hd_bet_tta": args.hd_bet_tta}
+    if args.bias_correction is not None:
+        overrides["bias_correction"] = args.bias_correction
     if args.n4_shrink is not None:
         overrides["n4_shrink"] = args.n4_shrink
     if args.hd_bet_mode == "accurate":
@@ -72,9 +74,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--bias-correction",
         choices=("n4", "robust"),
-        default="n4",
-        help="n4: the authors' masked N4 (default); robust: lesion-robust two-pass N4 that keeps a "
-        "large tumour's contrast (transforms/bias.py); detect needs the same option",
+        default=None,
+        help="robust (default): lesion-robust two-pass N4 that keeps a large tumour's contrast "
+        "(transforms/bias.py); n4: the authors' masked N4; detect needs the same option",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_preprocess)

@@ -74,9 +74,9 @@ def _add_detect(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--bias-correction",
         choices=("n4", "robust"),
-        default="n4",
+        default=None,
         help="bias correction of the chain: the one the model's data root was preprocessed with "
-        "(default n4, the authors'; robust: transforms/bias.py)",
+        "(default robust, transforms/bias.py; n4: the authors' masked N4)",
     )
     p.add_argument("--overwrite", action="store_true", help="recompute when the outputs exist")
     p.set_defaults(func=run_detect)
@@ -96,9 +96,9 @@ def detect_config_from_args(args: argparse.Namespace):
     for name in ("dataset", "device", "t_test", "patch_size"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
-    preprocess = dataclasses.replace(
-        config.preprocess, bias_correction=getattr(args, "bias_correction", "n4")
-    )
+    preprocess = config.preprocess
+    if getattr(args, "bias_correction", None) is not None:
+        preprocess = dataclasses.replace(preprocess, bias_correction=args.bias_correction)
     if args.hd_bet_mode == "accurate":
         preprocess = dataclasses.replace(preprocess, hd_bet_folds=(0, 1, 2, 3, 4))
     changes["preprocess"] = preprocess

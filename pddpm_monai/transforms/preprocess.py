@@ -108,9 +108,10 @@ class PreprocessConfig:
             evaluated at full resolution).
         n4_iterations: N4 iterations per fitting level (its length = number of levels).
         n4_control_points: B-spline control points per axis at the first level.
-        bias_correction: ``"n4"``, the authors' masked N4 (default), or ``"robust"``, the
-            lesion-robust two-pass N4 of :mod:`pddpm_monai.transforms.bias` (an option beyond the
-            authors: it keeps a large tumour's contrast that the masked N4 partly absorbs).
+        bias_correction: ``"robust"`` (default), the lesion-robust two-pass N4 of
+            :mod:`pddpm_monai.transforms.bias` (beyond the authors: it keeps a large tumour's
+            contrast, which the masked N4 partly takes for bias, and removes a bias field as well),
+            or ``"n4"``, the authors' masked N4 (the faithful variant).
     """
 
     spacing: float = 1.0
@@ -132,7 +133,7 @@ class PreprocessConfig:
     n4_shrink: int = 4
     n4_iterations: tuple[int, ...] = (50, 50, 50, 50)
     n4_control_points: int = 4
-    bias_correction: str = "n4"
+    bias_correction: str = "robust"
 
 
 class RegistrationError(PddpmError):
