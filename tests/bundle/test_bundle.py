@@ -226,19 +226,16 @@ def test_verify_metadata(meta_schema: Path, tmp_path: Path) -> None:
 
 
 def test_verify_net_in_out() -> None:
+    """MONAI's check as model-zoo's ``verify_bundle.py`` runs it: ``network_def`` called with one volume."""
     from monai.bundle import verify_net_in_out
 
     config = str(CONFIGS / "inference.json")
-    verify_net_in_out(net_id="network_def", meta_file=META, config_file=config, device="cpu",
-                      extra_forward_args={"timesteps": 499})  # fmt: skip
+    verify_net_in_out(
+        net_id="network_def", meta_file=META, config_file=config, device="cpu", bundle_root=str(BUNDLE)
+    )
     with pytest.raises(ValueError, match="output channel"):
         verify_net_in_out(net_id="network_def", meta_file=META, config_file=config, device="cpu",
-                          extra_forward_args={"timesteps": 499}, network_def={**_net_def(config), "out_channels": 2},
-                          **TINY)  # fmt: skip
-
-
-def _net_def(config: str) -> dict:
-    return dict(json.loads(Path(config).read_text())["network_def"])
+                          bundle_root=str(BUNDLE), **{"_meta_#network_data_format#outputs#pred#num_channels": 2})  # fmt: skip
 
 
 @pytest.mark.slow
