@@ -29,10 +29,20 @@ def quick_config():
 
 @pytest.fixture(scope="session")
 def quick_demo(tmp_path_factory) -> Path:
-    """The folder of a finished ``pddpm demo --quick`` run."""
-    from pddpm_monai.pipeline.demo import run_demo
+    """The folder of a finished ``pddpm demo --quick`` run (on 1 thread, as ``--threads 1``).
 
-    return shared_once(tmp_path_factory, "quick_demo", lambda folder: run_demo(folder, quick_config()))
+    The thread count is set here, not left to whichever test ran before in this worker (a ``main``
+    call sets it): ``test_reproducibility.py`` compares this run with ``pddpm demo --quick
+    --threads 1`` in a fresh process.
+    """
+    from pddpm_monai.pipeline.demo import run_demo
+    from pddpm_monai.threads import set_threads
+
+    def make(folder: Path) -> None:
+        set_threads(1)
+        run_demo(folder, quick_config())
+
+    return shared_once(tmp_path_factory, "quick_demo", make)
 
 
 @dataclass(frozen=True)
