@@ -41,7 +41,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 def _read(path: Path) -> str | None:
     try:
-        return path.read_text().strip()
+        return path.read_text(encoding="utf-8").strip()
     except OSError:
         return None
 

@@ -174,7 +174,7 @@ def save_json(obj: Any, path: str | os.PathLike) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
     return path
 
 

@@ -79,7 +79,7 @@ def scan_data_root(data_root: str | os.PathLike, dataset: str) -> list[RootEntry
         if spec.has_seg and not seg.is_file():
             raise InputError(seg, "segmentation of this scan is missing from the data root")
         record = base / "records" / f"{name}.json"
-        age = json.loads(record.read_text()).get("age") if record.is_file() else None
+        age = json.loads(record.read_text(encoding="utf-8")).get("age") if record.is_file() else None
         age = float("nan") if age is None else float(age)
         row = {
             "img_name": t2.name,
@@ -155,7 +155,7 @@ def _write_split(path: Path, rows: list[dict[str, str]]) -> None:
     for i, row in enumerate(rows):
         writer.writerow([i, *(row[c] for c in SPLIT_COLUMNS)])
     with atomic_path(path) as tmp:
-        tmp.write_text(buf.getvalue())
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
 
 
 def make_splits(

@@ -547,7 +547,7 @@ def read_threshold(
 
     if path is not None and Path(path).is_file():
         try:
-            entry = json.loads(Path(path).read_text())[dataset]
+            entry = json.loads(Path(path).read_text(encoding="utf-8"))[dataset]
             return float(entry["threshold"] if isinstance(entry, Mapping) else entry)
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
             raise InputError(
@@ -665,7 +665,7 @@ class BundleEvaluation:
         write_table([self.output_dir], self.output_dir, figures=False)
         thresholds = run_dir / "thresholds.json"
         if self.threshold_path is not None and thresholds.is_file():
-            entries = json.loads(thresholds.read_text())
+            entries = json.loads(thresholds.read_text(encoding="utf-8"))
             save_json(
                 {k: {"threshold": v["threshold"], "val_dice": v.get("val_dice"), "run": str(run_dir)}
                  for k, v in entries.items()},

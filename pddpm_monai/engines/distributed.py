@@ -238,6 +238,6 @@ def read_rank_records(record_dir: str | os.PathLike) -> dict[int, list[str]]:
     """``rank -> names`` from the ``rank<r>.json`` files that :func:`partition_items` wrote."""
     out = {}
     for path in sorted(Path(record_dir).glob("rank*.json")):
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
         out[int(data["rank"])] = list(data["names"])
     return out

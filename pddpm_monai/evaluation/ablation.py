@@ -167,7 +167,7 @@ def _scorer(checkpoint: Path, setting: Setting, config: AblationConfig, name: st
 def _summary_rows(
     run_dir: Path, sweep: Sweep, name: str, setting: Setting | None, fold: int
 ) -> list[dict[str, Any]]:
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     rows = []
     for dataset, entry in summary.items():
         if not DATASETS[dataset].unhealthy:
@@ -346,7 +346,7 @@ def _ablate(args: argparse.Namespace) -> int:
     print(csv_path)
     ensemble = csv_path.parent / "ensemble.json"
     if config.ensemble and ensemble.is_file():
-        for dataset, entry in json.loads(ensemble.read_text())["datasets"].items():
+        for dataset, entry in json.loads(ensemble.read_text(encoding="utf-8"))["datasets"].items():
             verdict = "beats" if entry["ensemble_beats_best"] else "does not beat"
             print(
                 f"{dataset}: ensemble Dice {entry['ensemble']:.4f} {verdict} the best single setting "

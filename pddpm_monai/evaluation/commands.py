@@ -107,7 +107,7 @@ def _table(args: argparse.Namespace) -> int:
         config=PermutationConfig(rounds=args.rounds, seed=args.seed),
         figures=not args.no_figures,
     )
-    print(written["table.md"].read_text(), end="")
+    print(written["table.md"].read_text(encoding="utf-8"), end="")
     return 0
 
 

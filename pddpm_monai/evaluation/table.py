@@ -84,7 +84,7 @@ def load_results(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     frames = []
     for run in find_runs(paths):
         try:
-            meta = json.loads((run / "run.json").read_text())
+            meta = json.loads((run / "run.json").read_text(encoding="utf-8"))
             frame = pd.read_csv(run / "metrics.csv")
         except (OSError, ValueError) as err:
             raise InputError(run, f"unreadable evaluation results ({err})") from None
@@ -230,7 +230,7 @@ def _pr_figures(runs: list[Path], out_dir: Path) -> list[Path]:
             pr = run / f"pr_{key}.npz"
             if not pr.is_file():
                 continue
-            meta = json.loads((run / "run.json").read_text())
+            meta = json.loads((run / "run.json").read_text(encoding="utf-8"))
             label = f"{method_label(meta['method'])} (fold {meta['fold']})"
             data = np.load(pr)
             curves[label] = pr_curve_from_histogram(data["pos"], data["neg"])
@@ -275,7 +275,7 @@ def write_table(
         ("permutation_tests.csv", tests.to_csv(index=False)),
     ):
         with atomic_path(out_dir / name) as tmp:
-            tmp.write_text(text)
+            tmp.write_text(text, encoding="utf-8")
         written[name] = out_dir / name
     if figures:
         for path in _pr_figures(find_runs(paths), out_dir / "figures"):

@@ -210,7 +210,7 @@ def _say(message: str) -> None:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except json.JSONDecodeError:
         raise InputError(path, "corrupt JSON: delete it to start this demo over") from None
 
@@ -521,4 +521,4 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig = DemoConfig()) -> D
     }
     if config.raw and config.detect:
         outputs["detect"] = paths.detect
-    return DemoResult(table.read_text() if table.is_file() else "", outputs, status)
+    return DemoResult(table.read_text(encoding="utf-8") if table.is_file() else "", outputs, status)

@@ -188,7 +188,7 @@ def bundle_atlas(bundle_dir: str | os.PathLike) -> str | None:
     if not config.is_file():
         return None
     try:
-        value = json.loads(config.read_text()).get("atlas")
+        value = json.loads(config.read_text(encoding="utf-8")).get("atlas")
     except (OSError, json.JSONDecodeError, AttributeError) as err:
         raise InputError(config, f"not a readable bundle config ({err})") from None
     if value is None or value == "":
@@ -204,7 +204,7 @@ def bundle_atlas(bundle_dir: str | os.PathLike) -> str | None:
 
 def _threshold_from_file(path: Path, dataset: str) -> float:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise InputError(path, f"not a readable thresholds JSON ({err})") from None
     if isinstance(data, dict) and isinstance(data.get("threshold"), int | float):
@@ -356,7 +356,7 @@ def _preprocessed(
 
     paths = {k: work / v for k, v in PREPROCESSED_FILES.items()}
     if not config.overwrite and all(p.is_file() for p in paths.values()):
-        record = json.loads(paths["record"].read_text())
+        record = json.loads(paths["record"].read_text(encoding="utf-8"))
         same = (
             record.get("source") == str(scan)
             and record.get("skull_stripped") == config.skull_stripped
@@ -451,7 +451,7 @@ def detect_scan(
     scan, checkpoint, out = Path(scan), Path(checkpoint), Path(out_dir)
     paths = output_paths(scan, out)
     if not config.overwrite and all(p.is_file() for p in paths.values()):
-        previous = json.loads(paths["summary"].read_text())
+        previous = json.loads(paths["summary"].read_text(encoding="utf-8"))
         same_run = previous.get("config") == _plain(dataclasses.asdict(config)) and previous.get(
             "model", {}
         ).get("checkpoint") == str(checkpoint)

@@ -265,13 +265,13 @@ def write_report(
             )
     written = {"report.md": out / "report.md"}
     with atomic_path(written["report.md"]) as tmp:
-        tmp.write_text("\n".join(md))
+        tmp.write_text("\n".join(md), encoding="utf-8")
     if html_twin:
         style = "body{font-family:sans-serif;max-width:70em;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #999;padding:2px 6px}"
         page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
         written["report.html"] = out / "report.html"
         with atomic_path(written["report.html"]) as tmp:
-            tmp.write_text(page)
+            tmp.write_text(page, encoding="utf-8")
     return written
 
 
@@ -310,7 +310,9 @@ def build_demo_report(paths: Any, methods: Sequence[str], stages: Mapping[str, A
     sections = [
         ReportSection(
             "Table 1 (synthetic demo)",
-            (table.read_text() if table.is_file() else "(no table)") + "\n\n" + DEMO_DISCLAIMER,
+            (table.read_text(encoding="utf-8") if table.is_file() else "(no table)")
+            + "\n\n"
+            + DEMO_DISCLAIMER,
         )
     ]
     sections.append(
@@ -351,7 +353,7 @@ def build_demo_report(paths: Any, methods: Sequence[str], stages: Mapping[str, A
     detect_dir = Path(paths.detect)
     summaries = sorted(detect_dir.glob("*_summary.json")) if detect_dir.is_dir() else []
     if summaries:
-        s = json.loads(summaries[0].read_text())
+        s = json.loads(summaries[0].read_text(encoding="utf-8"))
         text = (
             f"`pddpm detect` on `{Path(s['scan']).name}` (a raw test scan, mapped back to its own grid): "
             f"{s['n_components']} component(s), {s['lesion_volume_ml']:.2f} ml, threshold "

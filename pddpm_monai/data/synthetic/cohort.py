@@ -183,7 +183,7 @@ def _check_args(out_dir: str | os.PathLike, counts: dict[str, int], workers: int
     try:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / ".write-test") as tmp:
-            tmp.write_text("")
+            tmp.write_text("", encoding="utf-8")
         (out / ".write-test").unlink()
     except OSError as err:
         raise InputError(out, f"output folder is not writable ({err.strerror or err})") from None
@@ -321,7 +321,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list], *, index: bool =
     for i, row in enumerate(rows):
         writer.writerow(([i] if index else []) + row)
     with atomic_path(path) as tmp:
-        tmp.write_text(buf.getvalue())
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
 
 
 def _n_val(n: int, fraction: float) -> int:
