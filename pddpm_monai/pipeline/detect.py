@@ -463,8 +463,8 @@ def detect_scan(
         checkpoint, threshold=config.threshold, thresholds_file=config.thresholds_file, dataset=config.dataset
     )
     work = out / f"{scan_name(scan)}_preprocessed"
-    source = scan_as_nifti(scan, work / NATIVE_NIFTI)  # the chain reads NIfTI; same voxels and grid
-    t2, mask, affine, record = _preprocessed(source, work, atlas, config)
+    nifti = scan_as_nifti(scan, work / NATIVE_NIFTI)  # the chain reads NIfTI; same voxels and grid
+    t2, mask, affine, record = _preprocessed(nifti, work, atlas, config)
     grid = _model_grid(t2, mask, affine, config)
     scores, prediction = _score(scorer, grid, threshold, config)
     from pddpm_monai.pipeline.report import plot_detection
