@@ -33,7 +33,7 @@ def _cpu_seconds() -> float:
 
 def _cpu_model() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
@@ -56,7 +56,7 @@ def main() -> None:
 
         run_demo(args.out, DemoConfig.quick() if args.quick else DemoConfig())
     wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
-    stages = json.loads((args.out / "stages.json").read_text())
+    stages = json.loads((args.out / "stages.json").read_text(encoding="utf-8"))
     total = sum(float(s["seconds"]) for s in stages.values())
     print(f"{_cpu_model()}, {os.cpu_count()} cores, {date.today()}, load average before {load_before[0]:.1f}, "
           f"after {os.getloadavg()[0]:.1f}")  # fmt: skip

@@ -162,7 +162,9 @@ def fresh_processes(data: Path, threads: int) -> str:
                 str(path),
             ]
             env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", check=True, env=env
+            )
             records.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             with np.load(path) as z:
                 outs.append({k: z[k] for k in z.files})
@@ -187,7 +189,14 @@ def main() -> None:
     data = Path(args.data)
     atlas = resolve_atlas(data / "sri24")
     config = PreprocessConfig()
-    cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout
+    cpu = subprocess.run(
+        "lscpu | grep 'Model name'",
+        shell=True,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+    ).stdout
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu.strip()}, {args.threads} threads")
     print(f"# load average before: {os.getloadavg()}")
     axcodes = "".join(nib.aff2axcodes(atlas.image[1]))

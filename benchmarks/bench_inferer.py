@@ -151,7 +151,7 @@ def describe_device(device: str) -> str:
         return torch.cuda.get_device_name()
     name = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
             if line.startswith("model name"):
                 name = line.split(":", 1)[1].strip()
                 break
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _load() -> str:
     with contextlib.suppress(OSError):
-        return " ".join(open("/proc/loadavg").read().split()[:3])
+        return " ".join(open("/proc/loadavg", encoding="utf-8").read().split()[:3])
     return "n/a"
 
 

@@ -104,7 +104,12 @@ def main() -> None:
     atlas = resolve_atlas(data / "sri24")
     config = PreprocessConfig()
     cpu = subprocess.run(
-        "lscpu | grep 'Model name'", shell=True, capture_output=True, text=True
+        "lscpu | grep 'Model name'",
+        shell=True,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
     ).stdout.strip()
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu}, {args.threads} threads")
     cases = [("healthy head 224x224x60 @1x1x2 mm", data / "healthy" / "T2w_head.nii.gz", False)]

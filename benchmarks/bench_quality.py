@@ -135,7 +135,9 @@ def _slug(name: str) -> str:
 
 def _cpu_name() -> str:
     try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        out = subprocess.run(
+            ["lscpu"], capture_output=True, text=True, encoding="utf-8", errors="replace", check=False
+        ).stdout
         return next(
             (ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?"
         )
@@ -312,13 +314,13 @@ def main() -> None:
     print(f"training: {info['epochs']} epochs = {info['iterations']} iterations per method")
     for key, seconds in info["timings"].items():
         print(f"  {key:28s} {seconds:7.1f} s")
-    print(Path(info["table"]).read_text())
+    print(Path(info["table"]).read_text(encoding="utf-8"))
     if info["ablation"] is None:
         return
-    print(Path(info["ablation"]).read_text())
+    print(Path(info["ablation"]).read_text(encoding="utf-8"))
     ensemble = Path(info["ablation"]).parent / "ensemble.json"
     if ensemble.is_file():
-        print(json.dumps(json.loads(ensemble.read_text()), indent=1))
+        print(json.dumps(json.loads(ensemble.read_text(encoding="utf-8")), indent=1))
 
 
 if __name__ == "__main__":

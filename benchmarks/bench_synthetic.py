@@ -25,7 +25,9 @@ import numpy as np
 
 def _cpu() -> str:
     try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["lscpu"], capture_output=True, text=True, encoding="utf-8", errors="replace", check=True
+        ).stdout
         return next(
             line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")
         )

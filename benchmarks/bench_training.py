@@ -146,7 +146,7 @@ def bench_threads(device: str, iterations: int, channels: int, counts: list[int]
     first = result[f"threads_{counts[0]}_slices_per_s"]
     for count in counts[1:]:
         result[f"ratio_{count}_vs_{counts[0]}"] = round(result[f"threads_{count}_slices_per_s"] / first, 2)
-    result["load_average"] = open("/proc/loadavg").read().split()[:3]
+    result["load_average"] = open("/proc/loadavg", encoding="utf-8").read().split()[:3]
     return result
 
 

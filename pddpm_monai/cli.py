@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import os
 import sys
 from collections.abc import Sequence
 
+import SimpleITK as sitk
+import torch
+
 from pddpm_monai import __version__
-from pddpm_monai.inferers.precision import PRECISIONS, set_inference_precision
+from pddpm_monai.inferers.precision import PRECISIONS, get_inference_precision, set_inference_precision
 from pddpm_monai.threads import THREADS_ENV, set_threads
 from pddpm_monai.utils import PddpmError
 
@@ -98,12 +102,55 @@ def _apply_threads(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pddpm`` console script."""
+    """Entry point of the ``pddpm`` console script.
+
+    The process-wide settings a command changes (torch and ITK threads, ``OMP_NUM_THREADS``, the
+    inference precision) are restored when it returns, so that calling ``main`` from Python leaves
+    the caller's process as it was. On a terminal that cannot show a character (an ASCII locale),
+    it is printed as an escape rather than failing.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USER_ERROR
+    _printable_streams()
+    saved = (
+        torch.get_num_threads(),
+        sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
+        os.environ.get(THREADS_ENV),
+        get_inference_precision(),
+    )
+    try:
+        return _run(args)
+    finally:
+        threads, itk_threads, env_threads, precision = saved
+        torch.set_num_threads(threads)
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(itk_threads)
+        if env_threads is None:
+            os.environ.pop(THREADS_ENV, None)
+        else:
+            os.environ[THREADS_ENV] = env_threads
+        set_inference_precision(precision)
+
+
+def _printable_streams() -> None:
+    """Print what an ASCII terminal cannot show (the tables' ``±``) as escapes instead of failing."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and not _can_encode(stream.encoding, "\u00b1"):
+            stream.reconfigure(errors="backslashreplace")
+
+
+def _can_encode(encoding: str, text: str) -> bool:
+    try:
+        text.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; a user error becomes one line on stderr and a non-zero code."""
     try:
         if hasattr(args, "threads"):
             _apply_threads(args)

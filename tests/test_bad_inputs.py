@@ -119,6 +119,8 @@ def _run(args: list[str], *, limit_file_size: int | None = None) -> subprocess.C
         [sys.executable, *(args if args[0] == "-m" else ["-m", "pddpm_monai", *args])],
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=300,
         env=environ,
         preexec_fn=limits,
@@ -288,7 +290,7 @@ def case_split_missing_file(env, tmp):
 def case_split_missing_column(env, tmp):
     root = _copy_root(env, tmp)
     path = root / "splits/IXI_val_fold0.csv"
-    lines = path.read_text().splitlines()
+    lines = path.read_text(encoding="utf-8").splitlines()
     path.write_text("\n".join(line.rsplit(",", 2)[0] for line in lines) + "\n")  # drops mask_path, seg_path
     args = ["train", "--data-root", str(root), "--out", str(tmp / "run"), "--epochs", "1"]
     return args, "IXI_val_fold0.csv: split CSV lacks column", tmp / "run"
@@ -395,7 +397,7 @@ def case_bundle_unknown_key(env, tmp):
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
+    with path.open("w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

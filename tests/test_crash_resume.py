@@ -35,7 +35,9 @@ def _pddpm(*args: str) -> list[str]:
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=900)
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", env=ENV, timeout=900
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -160,7 +162,7 @@ def _evaluate(root: Path, out: Path) -> list[str]:
 
 
 def _per_volume_csvs(out: Path) -> dict[str, str]:
-    return {str(p.relative_to(out)): p.read_text() for p in sorted(out.rglob("*.csv"))}
+    return {str(p.relative_to(out)): p.read_text(encoding="utf-8") for p in sorted(out.rglob("*.csv"))}
 
 
 @pytest.mark.parametrize("seed", KILL_SEEDS)
@@ -224,4 +226,6 @@ def test_same_seed_same_cohort_splits_and_maps(synth_root, tmp_path):
     _run(_pddpm("synth", "root", "--out", again, "--n-healthy", 7, "--n-tumour", 4, "--n-ms", 3, "--seed", 5))
     _assert_same_tree(synth_root, again)
     for csv_path in (synth_root / "splits").glob("*.csv"):
-        assert csv_path.read_text() == (again / "splits" / csv_path.name).read_text()
+        assert csv_path.read_text(encoding="utf-8") == (again / "splits" / csv_path.name).read_text(
+            encoding="utf-8"
+        )

@@ -41,14 +41,23 @@ def _env() -> dict[str, str]:
 
 
 def _run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=BUNDLE, env=_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        cmd,
+        cwd=BUNDLE,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
 def _test_scan(root: Path) -> tuple[Path, Path]:
     """The first BraTS-like test scan of the tiny root and its lesion mask."""
-    row = (root / "splits" / "Brats21_test.csv").read_text().splitlines()[1].split(",")
+    row = (root / "splits" / "Brats21_test.csv").read_text(encoding="utf-8").splitlines()[1].split(",")
     return root / row[4].lstrip("/"), root / row[6].lstrip("/")
 
 
@@ -154,7 +163,7 @@ def test_monailabel_bundle_infer_task_emulation(trained_bundle: Path, tiny_root:
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
     parser.config.update({"bundle_root": str(trained_bundle), "device": "cpu", "threshold": 0.3, **TINY})
-    metadata = json.loads((CONFIGS / "metadata.json").read_text())
+    metadata = json.loads((CONFIGS / "metadata.json").read_text(encoding="utf-8"))
     key_image, _ = next(iter(metadata["network_data_format"]["inputs"].items()))
     key_pred, pred = next(iter(metadata["network_data_format"]["outputs"].items()))
     labels = {v.lower(): int(k) for k, v in pred["channel_def"].items() if v.lower() != "background"}
@@ -201,13 +210,13 @@ def test_run_evaluating_writes_table_and_threshold(
     run("evaluating", config_file=str(CONFIGS / "evaluate.json"), bundle_root=str(trained_bundle),
         data_root=str(tiny_root), output_dir=str(out), threshold_path=str(threshold_path),
         datasets=["brats21"], figures=False, save_nifti=False, progress=False)  # fmt: skip
-    table = (out / "table.md").read_text()
+    table = (out / "table.md").read_text(encoding="utf-8")
     row = next(line for line in table.splitlines() if line.startswith("| pDDPM"))
     assert float(row.split("|")[2].strip(" *")) >= 0  # BraTS21 Dice [%]
-    metrics = (out / "pddpm" / "fold0" / "metrics.csv").read_text().splitlines()
-    n_test = len((tiny_root / "splits" / "Brats21_test.csv").read_text().splitlines()) - 1
+    metrics = (out / "pddpm" / "fold0" / "metrics.csv").read_text(encoding="utf-8").splitlines()
+    n_test = len((tiny_root / "splits" / "Brats21_test.csv").read_text(encoding="utf-8").splitlines()) - 1
     assert len(metrics) == 1 + n_test
-    thresholds = json.loads((out / "pddpm" / "fold0" / "thresholds.json").read_text())
+    thresholds = json.loads((out / "pddpm" / "fold0" / "thresholds.json").read_text(encoding="utf-8"))
     assert read_threshold(threshold_path, "brats21") == pytest.approx(thresholds["brats21"]["threshold"])
 
 
@@ -218,7 +227,7 @@ def test_verify_metadata(meta_schema: Path, tmp_path: Path) -> None:
     shutil.copy(meta_schema, schema)
     verify_metadata(meta_file=META, filepath=str(schema))
     broken = tmp_path / "metadata.json"
-    meta = json.loads(Path(META).read_text())
+    meta = json.loads(Path(META).read_text(encoding="utf-8"))
     del meta["network_data_format"]
     broken.write_text(json.dumps(meta))
     with pytest.raises(Exception, match="network_data_format"):
@@ -260,7 +269,7 @@ def test_ddp_gloo_two_processes_partition_the_data(tiny_root: Path, tmp_path: Pa
 def test_configs_only_wire_library_objects() -> None:
     """No logic in long ``$`` expressions: every expression of the configs is short."""
     for path in CONFIGS.glob("*.json"):
-        expressions = [v for v in _strings(json.loads(path.read_text())) if v.startswith("$")]
+        expressions = [v for v in _strings(json.loads(path.read_text(encoding="utf-8"))) if v.startswith("$")]
         long = [e for e in expressions if len(e) > 70]
         assert not long, f"{path.name}: {long}"
 
@@ -295,7 +304,7 @@ def test_run_preprocessing_and_splitting(tiny_root: Path, tmp_path: Path) -> Non
     out_seg = nib.load(str(root / "Test" / "Brats21" / "seg" / f"{name}_seg.nii.gz")).get_fdata()
     assert nib.load(str(out_t2)).shape == (192, 192, 160)
     # the lesion follows the affine registration: its volume scales by 1 / det(A)
-    record = json.loads((root / "Test" / "Brats21" / "records" / f"{name}.json").read_text())
+    record = json.loads((root / "Test" / "Brats21" / "records" / f"{name}.json").read_text(encoding="utf-8"))
     det = abs(np.linalg.det(np.reshape(record["registration"]["parameters"][:9], (3, 3))))
     raw_lesion = (nib.load(str(seg)).get_fdata() > 0).sum()
     assert (out_seg > 0).sum() == pytest.approx(raw_lesion / det, rel=0.1)

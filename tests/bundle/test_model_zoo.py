@@ -46,7 +46,7 @@ def _text_files() -> list[Path]:
 def test_model_zoo_necessary_and_preferred_files() -> None:
     for name in ("LICENSE", "configs/metadata.json", "models/model.pt", "configs/inference.json"):
         assert (BUNDLE / name).is_file(), name
-    assert (BUNDLE / "LICENSE").read_text().lstrip().startswith("Apache License")
+    assert (BUNDLE / "LICENSE").read_text(encoding="utf-8").lstrip().startswith("Apache License")
 
 
 def test_large_files_hash_matches_the_shipped_model() -> None:
@@ -61,7 +61,7 @@ def test_large_files_hash_matches_the_shipped_model() -> None:
 
 
 def test_version_is_in_the_changelog() -> None:
-    meta = json.loads(META.read_text())
+    meta = json.loads(META.read_text(encoding="utf-8"))
     assert meta["version"] in meta["changelog"]
     assert [int(p) for p in meta["version"].split(".")] and len(meta["version"].split(".")) == 3
 
@@ -69,14 +69,14 @@ def test_version_is_in_the_changelog() -> None:
 @pytest.mark.parametrize("path", sorted(BUNDLE.glob("configs/*.json")), ids=lambda p: p.name)
 def test_json_as_the_model_zoo_pre_commit_formats_it(path: Path) -> None:
     """``pretty-format-json --no-sort-keys --indent=4`` (its defaults: ASCII escapes) changes nothing."""
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     pretty = json.dumps(json.loads(text, object_pairs_hook=OrderedDict), indent=4, ensure_ascii=True) + "\n"
     assert text == pretty
 
 
 def test_text_files_pass_the_whitespace_hooks_and_files_are_small() -> None:
     for path in _text_files():
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         assert not text or (text.endswith("\n") and not text.endswith("\n\n")), f"end-of-file-fixer: {path}"
         assert not [n for n, line in enumerate(text.splitlines(), 1) if line != line.rstrip()], path
     # files listed in large_files.yml are downloaded in model-zoo, not committed there
@@ -89,7 +89,7 @@ def test_text_files_pass_the_whitespace_hooks_and_files_are_small() -> None:
 
 
 def test_metadata_installs_beside_monai_label_and_says_3d() -> None:
-    meta = json.loads(META.read_text())
+    meta = json.loads(META.read_text(encoding="utf-8"))
     # not on the package index: the bundle documents how it finds pddpm_monai instead
     assert "pddpm-monai" not in meta["required_packages_version"]
     # MONAI Label 0.8.5 needs numpy < 2; numpy 1.26.4 has wheels for Python 3.10-3.12
@@ -112,7 +112,7 @@ def test_shipped_demo_model_and_threshold() -> None:
     assert state["method"] == "pddpm" and state["version"] >= 2
     assert state["config"]["diffusion"]["schedule"] == "cosine"  # trained after the "Fidelity" defaults
     assert state["config"]["network"]["model_channels"] == 16
-    thresholds = json.loads(THRESHOLD.read_text())
+    thresholds = json.loads(THRESHOLD.read_text(encoding="utf-8"))
     assert 0 < thresholds["brats21"]["threshold"] < 1
     assert MODEL.stat().st_mode & 0o044 == 0o044, "model.pt must be readable by others (not 0600)"
 
@@ -139,7 +139,10 @@ def test_ckpt_export_torchscript_of_the_shipped_bundle(tmp_path: Path) -> None:
     assert torch.equal(got, expected) and float(expected.abs().mean()) > 0
     extra = {"metadata.json": ""}
     torch.jit.load(str(ts_path), _extra_files=extra)
-    assert json.loads(extra["metadata.json"])["version"] == json.loads(META.read_text())["version"]
+    assert (
+        json.loads(extra["metadata.json"])["version"]
+        == json.loads(META.read_text(encoding="utf-8"))["version"]
+    )
     assert np.isfinite(got.numpy()).all()
 
 
@@ -154,7 +157,7 @@ def test_shipped_bundle_runs_on_nifti_nrrd_and_dicom_alike(tiny_root: Path, tmp_
     from pddpm_monai.utils import read_nifti, save_nifti
     from tests.dicom_series import write_dicom_series
 
-    row = (tiny_root / "splits" / "Brats21_test.csv").read_text().splitlines()[1].split(",")
+    row = (tiny_root / "splits" / "Brats21_test.csv").read_text(encoding="utf-8").splitlines()[1].split(",")
     array, affine = read_nifti(tiny_root / row[4].lstrip("/"))
     array = np.rint(array)  # integer voxels: the int16 DICOM holds them exactly
     scans = {

@@ -21,7 +21,7 @@ pytest.importorskip("monailabel", reason="MONAI Label is not installed (pip inst
 
 
 def _test_scan(root: Path) -> Path:
-    row = (root / "splits" / "Brats21_test.csv").read_text().splitlines()[1].split(",")
+    row = (root / "splits" / "Brats21_test.csv").read_text(encoding="utf-8").splitlines()[1].split(",")
     return root / row[4].lstrip("/")
 
 

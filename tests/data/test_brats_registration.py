@@ -33,7 +33,9 @@ def test_preprocess_and_detect_register_brats_the_same_way(shared_data, tmp_path
     atlas = resolve_atlas(shared_data / "sri24", channel="t2")
     subject = next(s for s in find_subjects("brats21", shared_data / "brats18") if s.name == CASE)
     assert process_subject(subject, tmp_path, atlas, config=FAST) == "done"
-    record = json.loads((tmp_path / "Test" / "Brats21" / "records" / f"{CASE}.json").read_text())
+    record = json.loads(
+        (tmp_path / "Test" / "Brats21" / "records" / f"{CASE}.json").read_text(encoding="utf-8")
+    )
     root_t2, _ = read_nifti(tmp_path / "Test" / "Brats21" / "t2" / f"{CASE}_t2.nii.gz")
     # detect's path: preprocess_scan with --skull-stripped (detect never assumes atlas space)
     t2, mask, _, det_record = preprocess_scan(subject.image, atlas=atlas, skull_stripped=True, config=FAST)

@@ -153,7 +153,9 @@ def test_synthetic_raw_cohort_end_to_end(tmp_path, capsys):
         mask, mask_aff = read_nifti(item["mask"])
         assert t2.shape == mask.shape == (192, 192, 160) and np.allclose(aff, mask_aff)
         assert not t2[mask == 0].any()
-        record = json.loads((Path(item["image"]).parents[1] / "records" / f"{item['name']}.json").read_text())
+        record = json.loads(
+            (Path(item["image"]).parents[1] / "records" / f"{item['name']}.json").read_text(encoding="utf-8")
+        )
         if "registration" in record:
             assert record["registration"]["brain_dice"] > 0.9
         truth, _ = read_nifti(raw / "truth" / truth_masks[item["name"]] / f"{item['name']}_mask.nii.gz")
@@ -168,7 +170,9 @@ def test_synthetic_raw_cohort_end_to_end(tmp_path, capsys):
     seg, _ = read_nifti(root / "Test" / "Brats21" / "seg" / "BraTS2021_00000_seg.nii.gz", allow_empty=True)
     assert set(np.unique(seg)) <= {0, 1, 2, 4} and seg.any()
     assert (
-        json.loads((root / "Train" / "ixi" / "records" / "IXI002-Synth-0002.json").read_text())["age"]
+        json.loads(
+            (root / "Train" / "ixi" / "records" / "IXI002-Synth-0002.json").read_text(encoding="utf-8")
+        )["age"]
         is not None
     )
 

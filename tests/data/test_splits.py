@@ -84,16 +84,16 @@ def test_splits_are_stratified_by_age(paper_root):
 
 def test_seeded_and_reproducible(tmp_path):
     root = _root(tmp_path, 40, 6, 4)
-    first = {p.name: p.read_text() for p in make_splits(root, seed=1).values()}
-    again = {p.name: p.read_text() for p in make_splits(root, seed=1).values()}
-    other = {p.name: p.read_text() for p in make_splits(root, seed=2).values()}
+    first = {p.name: p.read_text(encoding="utf-8") for p in make_splits(root, seed=1).values()}
+    again = {p.name: p.read_text(encoding="utf-8") for p in make_splits(root, seed=1).values()}
+    other = {p.name: p.read_text(encoding="utf-8") for p in make_splits(root, seed=2).values()}
     assert first == again and first != other
     assert len(_names(root, "IXI_test")) == 11 and len(_names(root, "MSLUB_val")) == 1
-    brats = (root / "splits" / "Brats21_val.csv").read_text()
+    brats = (root / "splits" / "Brats21_val.csv").read_text(encoding="utf-8")
     for path in (root / "Train").rglob("*.nii.gz"):
         path.unlink()  # IXI removed: the other datasets' splits do not change
     make_splits(root, seed=2)
-    assert (root / "splits" / "Brats21_val.csv").read_text() == brats
+    assert (root / "splits" / "Brats21_val.csv").read_text(encoding="utf-8") == brats
 
 
 def test_small_cohorts_fill_every_split_and_bad_roots_are_refused(tmp_path):

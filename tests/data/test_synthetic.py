@@ -154,7 +154,7 @@ def test_healthy_histogram_has_three_tissue_modes(root):
 def test_raw_layout_and_demographics(raw):
     name = ixi_id(0)
     img = nib.load(raw / "IXI" / f"{name}-T2.nii.gz")
-    params = json.loads((raw / "truth/IXI" / f"{name}.json").read_text())
+    params = json.loads((raw / "truth/IXI" / f"{name}.json").read_text(encoding="utf-8"))
     assert img.get_data_dtype() == np.int16
     assert np.allclose(sorted(img.header.get_zooms()), sorted(params["spacing"]))
     with (raw / "IXI/IXI.csv").open() as f:
@@ -174,7 +174,7 @@ def test_raw_mask_matches_transformed_template(raw):
     from nilearn.datasets import load_mni152_brain_mask
 
     name = ixi_id(0)
-    params = json.loads((raw / "truth/IXI" / f"{name}.json").read_text())
+    params = json.loads((raw / "truth/IXI" / f"{name}.json").read_text(encoding="utf-8"))
     mask_img = nib.load(raw / "truth/IXI" / f"{name}_mask.nii.gz")
     mask = np.asarray(mask_img.dataobj) > 0
     template = load_mni152_brain_mask(resolution=1)
@@ -199,7 +199,7 @@ def test_raw_has_skull_brighter_scalp_and_bias(raw):
     name = ixi_id(0)
     image = np.asarray(nib.load(raw / "IXI" / f"{name}-T2.nii.gz").dataobj).astype(np.float32)
     mask = np.asarray(nib.load(raw / "truth/IXI" / f"{name}_mask.nii.gz").dataobj) > 0
-    params = json.loads((raw / "truth/IXI" / f"{name}.json").read_text())
+    params = json.loads((raw / "truth/IXI" / f"{name}.json").read_text(encoding="utf-8"))
     outside = ndimage.binary_dilation(mask, iterations=12) & ~mask
     assert np.mean(image[outside] > params["wm_level"] * 0.5) > 0.2  # scalp/CSF signal outside the brain
     far = ~ndimage.binary_dilation(mask, iterations=30)

@@ -134,7 +134,7 @@ def test_baseline_trains_reconstructs_and_evaluates(name, synthetic_root, health
     assert [r["name"] for r in rows] == [
         i["name"] for i in read_split_csv(split_path(synthetic_root, "MSLUB_test"), synthetic_root)
     ]
-    summary = json.loads((run / "summary.json").read_text())["mslub"]
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))["mslub"]
     assert 0.0 <= summary["dice"]["mean"] <= 1.0 and 0.0 <= summary["auprc"]["mean"] <= 1.0
 
 

@@ -161,7 +161,13 @@ def test_ddpm_training_log_says_ddpm(tmp_path):
     args += ["--head-channels", "8", "--epochs", "1", "--batch-size", "4"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     result = subprocess.run(
-        [sys.executable, "-m", "pddpm_monai", *args], capture_output=True, text=True, timeout=300, env=env
+        [sys.executable, "-m", "pddpm_monai", *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "DDPM epoch 1: best validation loss" in result.stderr

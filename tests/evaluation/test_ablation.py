@@ -143,15 +143,15 @@ def test_ablation_evaluates_each_setting_and_the_ensemble(tiny_root, pddpm_check
     ]
     for row in rows:  # each row is the summary of its own evaluation run
         run = out / "runs" / row["setting"] / "fold0"
-        summary = json.loads((run / "summary.json").read_text())["mslub"]
+        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))["mslub"]
         assert float(row["dice"]) == pytest.approx(summary["dice"]["mean"])
         assert 0.0 <= float(row["dice"]) <= 1.0
-        info = json.loads((run / "run.json").read_text())
+        info = json.loads((run / "run.json").read_text(encoding="utf-8"))
         if row["sweep"] != "ensemble":
             assert (info["patch_size"], info["t_test"]) == (int(row["patch_size"]), int(row["t_test"]))
     # the two settings differ (the patch size and t_test change the anomaly maps)
     assert not math.isclose(float(rows[0]["auprc"]), float(rows[1]["auprc"]))
-    ensemble = json.loads((out / "ensemble.json").read_text())
+    ensemble = json.loads((out / "ensemble.json").read_text(encoding="utf-8"))
     assert ensemble["members"] == ["pddpm_p96_t500", "pddpm_p48_t250"]
     entry = ensemble["datasets"]["mslub"]
     best = max(float(r["dice"]) for r in rows[:2])

@@ -111,7 +111,7 @@ def test_thresh_run_writes_per_volume_metrics(thresh_run):
     for name in ("patient03", "IXI002-Guys-0828"):
         assert math.isnan(float(by_name[name]["dice"])) and math.isnan(float(by_name[name]["auprc"]))
         assert 0.1 < float(by_name[name]["l1"]) < 0.6  # Thresh: mean normalised intensity in the brain
-    summary = json.loads((thresh_run / "summary.json").read_text())
+    summary = json.loads((thresh_run / "summary.json").read_text(encoding="utf-8"))
     assert summary["mslub"]["dice"]["n_nan"] == 1 and summary["mslub"]["n_volumes"] == 2
     assert summary["mslub"]["dice"]["mean"] == pytest.approx(float(by_name["patient02"]["dice"]))
 
@@ -124,7 +124,7 @@ def test_threshold_is_the_exact_optimum_over_the_validation_maps(thresh_run):
             nib.load(str(seg_path).replace("_seg", "_anomaly")).get_fdata(), nib.load(seg_path).get_fdata()
         )
     assert pool.n_volumes == 2
-    stored = json.loads((thresh_run / "thresholds.json").read_text())["brats21"]
+    stored = json.loads((thresh_run / "thresholds.json").read_text(encoding="utf-8"))["brats21"]
     assert stored["threshold"] == pytest.approx(pool.best().threshold)
     assert stored["val_dice"] == pytest.approx(pool.best().dice)
 
@@ -180,7 +180,7 @@ def test_record_of_other_files_is_scored_again(thresh_run, tmp_path, tiny_root):
     out = tmp_path / "results"
     shutil.copytree(thresh_run, out / "Thresh" / "fold0")
     record_path = out / "Thresh" / "fold0" / "volumes" / "mslub" / "patient02.json"
-    record = json.loads(record_path.read_text())
+    record = json.loads(record_path.read_text(encoding="utf-8"))
     record["image"] = record["image"].replace("patient02", "patient03")
     record["dice"] = -1.0
     record_path.write_text(json.dumps(record))
@@ -228,7 +228,7 @@ def test_files_that_disagree_beyond_tolerance_are_refused(tiny_root, tmp_path):
 def test_healthy_fpr_thresholds_give_extra_columns(tiny_root, tmp_path):
     config = _config(datasets=("brats21",), healthy_fpr=(0.01, 0.2), figures=False)
     run = evaluate_method(ThreshScorer(), tiny_root, tmp_path, config=config)
-    fpr = json.loads((run / "thresholds.json").read_text())["healthy_fpr"]
+    fpr = json.loads((run / "thresholds.json").read_text(encoding="utf-8"))["healthy_fpr"]
     assert fpr["dice_fpr_0.01"] > fpr["dice_fpr_0.2"] > 0.0
     for row in _rows(run):
         scores = nib.load(run / "nifti" / "brats21" / f"{row['name']}_anomaly.nii.gz").get_fdata()
@@ -436,7 +436,7 @@ def test_cli_evaluate_a_run_folder_uses_its_best_checkpoint(tiny_root, tmp_path,
     out = tmp_path / "results"
     args = ["evaluate", "--checkpoint", str(run_dir), "--data-root", str(tiny_root), "--out", str(out)]
     assert cli_main([*args, "--datasets", "ixi", "--no-figures", "--no-nifti", "--quiet"]) == 0
-    meta = json.loads((out / "ddpm" / "fold0" / "run.json").read_text())
+    meta = json.loads((out / "ddpm" / "fold0" / "run.json").read_text(encoding="utf-8"))
     assert meta["checkpoint"] == str(run_dir / "best.pt") and meta["method"] == "ddpm"
     assert len(_rows(out / "ddpm" / "fold0")) == 2
 

@@ -79,7 +79,7 @@ def test_significance_and_markdown(results):
     tie = tests[(tests.method_a == "Good") & (tests.method_b == "Tie")].iloc[0]
     assert not tie.significant
     written = write_table([results], results / "table", config=PermutationConfig(rounds=2000))
-    text = written["table.md"].read_text()
+    text = written["table.md"].read_text(encoding="utf-8")
     lines = {
         line.split("|")[1].strip(): line
         for line in text.splitlines()
@@ -101,13 +101,15 @@ def test_table_names_methods_as_the_paper_in_its_order(tmp_path):
     )
     rows = [
         line.split("|")[1].strip()
-        for line in written["table.md"].read_text().splitlines()[2:]
+        for line in written["table.md"].read_text(encoding="utf-8").splitlines()[2:]
         if line.startswith("| ")
     ]
     assert rows == ["Thresh", "AE", "f-AnoGAN", "DDPM", "pDDPM"]
-    csv_rows = [line.split(",")[0] for line in written["table.csv"].read_text().splitlines()[1:]]
+    csv_rows = [
+        line.split(",")[0] for line in written["table.csv"].read_text(encoding="utf-8").splitlines()[1:]
+    ]
     assert csv_rows == rows
-    tests = written["permutation_tests.csv"].read_text()
+    tests = written["permutation_tests.csv"].read_text(encoding="utf-8")
     assert "pDDPM" in tests and "pddpm" not in tests
 
 

@@ -58,7 +58,7 @@ class TinyModel:
 @pytest.fixture(scope="session")
 def tiny_model(quick_demo) -> TinyModel:
     thresholds = quick_demo / "results" / "pddpm" / "fold0" / "thresholds.json"
-    threshold = json.loads(thresholds.read_text())["brats21"]["threshold"]
+    threshold = json.loads(thresholds.read_text(encoding="utf-8"))["brats21"]["threshold"]
     return TinyModel(
         quick_demo / "runs" / "pddpm" / "best.pt", quick_demo / "atlas", thresholds, float(threshold)
     )

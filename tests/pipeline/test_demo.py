@@ -31,9 +31,9 @@ def _table_cell(table_md: str, method: str, column: str) -> float:
 @pytest.mark.slow
 def test_quick_demo_runs_every_stage_and_reports(quick_demo):
     out = quick_demo
-    stages = json.loads((out / "stages.json").read_text())
+    stages = json.loads((out / "stages.json").read_text(encoding="utf-8"))
     assert list(stages) == list(STAGES)
-    table_md = (out / "results" / "table.md").read_text()
+    table_md = (out / "results" / "table.md").read_text(encoding="utf-8")
     methods = ["pddpm", "Thresh"]
     for method in methods:
         assert (out / "results" / method / "fold0" / "metrics.csv").is_file(), method
@@ -43,13 +43,13 @@ def test_quick_demo_runs_every_stage_and_reports(quick_demo):
         expected = 100 * rows.loc[rows["dataset"] == "brats21", "dice"].mean()
         cell = _table_cell(table_md, method_label(method), "BraTS21 DICE [%]")  # rows: the paper's names
         assert cell == pytest.approx(expected, abs=0.06)
-    report = (out / "report.md").read_text()
+    report = (out / "report.md").read_text(encoding="utf-8")
     assert table_md.strip().splitlines()[0] in report
     assert "tensorboard --logdir" in report
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
     assert any("training_curves" in i for i in images) and any("overlay_brats21" in i for i in images)
     assert all((out / i).is_file() for i in images), "the report links a missing image"
-    assert "<table>" in (out / "report.html").read_text()
+    assert "<table>" in (out / "report.html").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow
@@ -59,7 +59,7 @@ def test_rerun_reuses_every_stage_and_says_so(quick_demo, capsys):
     captured = capsys.readouterr()
     assert code == 0
     assert captured.err.count("skipped (already finished") == len(STAGES)
-    assert (out / "results" / "table.md").read_text() in captured.out
+    assert (out / "results" / "table.md").read_text(encoding="utf-8") in captured.out
     assert "report.md" in captured.out
 
 
@@ -86,6 +86,8 @@ def test_changing_only_unfinished_stages_is_allowed(tmp_path):
         json.dumps({s: {"finished": "t", "seconds": 0} for s in STAGES[:3]})
     )
     _check_config(paths, dataclasses.replace(QUICK, epochs=QUICK.epochs + 1))  # train has not finished
-    assert json.loads((tmp_path / "demo_config.json").read_text())["epochs"] == QUICK.epochs + 1
+    assert (
+        json.loads((tmp_path / "demo_config.json").read_text(encoding="utf-8"))["epochs"] == QUICK.epochs + 1
+    )
     with pytest.raises(InputError, match="finished stage 'cohort' .*n_ms"):
         _check_config(paths, dataclasses.replace(QUICK, n_ms=QUICK.n_ms + 1))

@@ -215,7 +215,7 @@ def test_brats_case_map_is_higher_in_the_tumour(shared_data, tiny_model, tmp_pat
     assert not (lesions.astype(bool) & ~brain.astype(bool)).any()
     inside, outside = anomaly[seg].mean(), anomaly[(image > 0) & ~seg].mean()
     assert inside > outside, (inside, outside)
-    summary = json.loads(result.paths["summary"].read_text())
+    summary = json.loads(result.paths["summary"].read_text(encoding="utf-8"))
     assert summary["threshold"] == pytest.approx(tiny_model.threshold)
     assert "thresholds.json" in summary["threshold_source"]
     assert summary["model"]["method"] == "pddpm" and summary["pddpm_monai_version"]

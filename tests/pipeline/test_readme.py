@@ -16,7 +16,7 @@ BUNDLE = REPO_ROOT / "bundles" / "pddpm_brain_uad"
 
 
 def _bash_blocks() -> list[str]:
-    return re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    return re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
 
 
 def _command_lines() -> list[str]:
@@ -44,7 +44,7 @@ def test_every_pddpm_command_in_the_readme_parses(line):
 
 
 def test_bundle_configs_named_in_the_readme_exist():
-    named = set(re.findall(r"configs/(\w+\.json)", README.read_text()))
+    named = set(re.findall(r"configs/(\w+\.json)", README.read_text(encoding="utf-8")))
     assert {"train.json", "evaluate.json", "inference.json", "multi_gpu_train.json"} <= named
     missing = sorted(n for n in named if not (BUNDLE / "configs" / n).is_file())
     assert not missing, missing

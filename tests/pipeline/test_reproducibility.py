@@ -79,19 +79,19 @@ def test_detect_twice_gives_identical_preprocessing_and_masks(shared_data, tiny_
         a, b = (_voxels(w / PREPROCESSED_FILES[key]) for w in work)
         assert a.any(), key
         np.testing.assert_array_equal(a, b, err_msg=f"preprocessed {key}")
-    records = [json.loads((w / PREPROCESSED_FILES["record"]).read_text()) for w in work]
+    records = [json.loads((w / PREPROCESSED_FILES["record"]).read_text(encoding="utf-8")) for w in work]
     assert records[0]["registration"] == records[1]["registration"]
     # the outputs on the native grid: brain mask, anomaly map, lesion mask
     for key in ("brain", "anomaly", "lesions"):
         np.testing.assert_array_equal(_voxels(first[key]), _voxels(second[key]), err_msg=key)
-    summaries = [json.loads(p["summary"].read_text()) for p in (first, second)]
+    summaries = [json.loads(p["summary"].read_text(encoding="utf-8")) for p in (first, second)]
     for key in ("lesion_volume_ml", "n_components", "brain_volume_ml", "registration"):
         assert summaries[0][key] == summaries[1][key], key
 
 
 def _text(path: Path, folder: Path) -> str:
     """A result file's text with the demo folder's own path taken out (metrics.csv names its files)."""
-    return path.read_text().replace(str(folder), "<demo>")
+    return path.read_text(encoding="utf-8").replace(str(folder), "<demo>")
 
 
 @pytest.mark.slow
