@@ -35,12 +35,13 @@ from typing import Any
 import torch
 
 from pddpm_monai.data.synthetic import make_synthetic_root
-from pddpm_monai.engines.checkpoint import load_scorer
 from pddpm_monai.engines.trainer import TrainConfig, load_volumes, train
-from pddpm_monai.evaluation import EvaluationConfig, ThreshScorer, VolumeLoader, evaluate_method
+from pddpm_monai.evaluation import EvaluationConfig, VolumeLoader, evaluate_method
 from pddpm_monai.evaluation.ablation import AblationConfig, Setting, run_ablation
 from pddpm_monai.evaluation.stats import PermutationConfig
 from pddpm_monai.evaluation.table import write_table
+from pddpm_monai.methods.checkpoint import load_scorer
+from pddpm_monai.methods.scorers import ThreshScorer
 from pddpm_monai.utils import save_json
 
 

@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 
 __all__ = [
+    "resolve_device",
     "PddpmError",
     "InputError",
     "atomic_path",
@@ -229,3 +230,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if not isinstance(obj, dict):
         raise InputError(path, f"not a pddpm checkpoint (a {type(obj).__name__}, expected a dict)")
     return obj
+
+
+def resolve_device(name: str | Any) -> Any:
+    """``"auto"`` -> CUDA when available else CPU; any other name as ``torch.device``."""
+    import torch  # this module stays light for ``pddpm --help``
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise InputError("--device", f"unknown device {name!r} ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device", "CUDA was requested but is not available")
+    return device

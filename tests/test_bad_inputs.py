@@ -53,8 +53,8 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> Env:
-    from pddpm_monai.engines.checkpoint import save_method_checkpoint
-    from pddpm_monai.engines.methods import build_method
+    from pddpm_monai.methods import build_method
+    from pddpm_monai.methods.checkpoint import save_method_checkpoint
 
     root = tmp_path_factory.mktemp("bad_inputs")
     img, mask = _brain()
@@ -351,8 +351,8 @@ def case_detect_not_nifti(env, tmp):
 
 
 def case_ablate_ddpm_checkpoint(env, tmp):
-    from pddpm_monai.engines.checkpoint import save_method_checkpoint
-    from pddpm_monai.engines.methods import build_method
+    from pddpm_monai.methods import build_method
+    from pddpm_monai.methods.checkpoint import save_method_checkpoint
 
     tiny = {
         "model_channels": 8,
@@ -381,7 +381,7 @@ def case_bundle_unknown_key(env, tmp):
     config = str(bundle / "configs" / "train.json")
     args = [
         "-m",
-        "pddpm_monai.bundle_check",
+        "pddpm_monai.bundle.check",
         "check",
         "training",
         "--config_file",

@@ -11,9 +11,9 @@ import torch
 
 from pddpm_monai.diffusion import DiffusionProcess
 from pddpm_monai.diffusion.noise import random_permutations, simplex_fields
-from pddpm_monai.engines.checkpoint import load_method
 from pddpm_monai.engines.trainer import train
 from pddpm_monai.inferers import patched_reconstruction
+from pddpm_monai.methods.checkpoint import load_method
 from tests.engines.test_trainer import blob_config
 from tests.engines.toys import as_volumes, healthy_images, tiny
 from tests.inferers.test_patched import tiny_network

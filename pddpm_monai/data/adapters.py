@@ -40,6 +40,10 @@ class DatasetSpec:
         in_atlas_space: raw scans are already on the atlas grid (no registration).
         has_seg: raw scans come with a lesion segmentation.
         label: the split CSVs' ``label`` (0 healthy, 1 unhealthy).
+        title: the name in tables and figures (Table 1's).
+        test_split: the split CSV of its test volumes (``splits/<test_split>.csv``).
+        val_split: the split CSV of its validation volumes (the threshold search); ``None`` for a
+            healthy dataset.
     """
 
     split: str
@@ -48,18 +52,54 @@ class DatasetSpec:
     in_atlas_space: bool
     has_seg: bool
     label: int
+    title: str = ""
+    test_split: str = ""
+    val_split: str | None = None
+
+    @property
+    def unhealthy(self) -> bool:
+        """Whether it has lesion masks (then a validation split gives the threshold)."""
+        return self.val_split is not None
 
 
-DATASETS: dict[str, DatasetSpec] = {
-    "ixi": DatasetSpec("Train", "ixi", skull_stripped=False, in_atlas_space=False, has_seg=False, label=0),
+#: the datasets of Table 1 by their command-line key: how each is stored and evaluated
+DATASETS: dict[str, DatasetSpec] = {  # fmt: skip
+    "ixi": DatasetSpec(
+        "Train",
+        "ixi",
+        skull_stripped=False,
+        in_atlas_space=False,
+        has_seg=False,
+        label=0,
+        title="IXI",
+        test_split="IXI_test",
+    ),
     # BraTS is distributed skull-stripped on the SRI24 grid, but the authors still register it
     # affinely to the SRI24 T1 brain (preprocessing/prepare_Brats21.sh: registration.py -trans
     # Affine) and `pddpm detect` registers every scan: both register it, so a BraTS scan gets the
     # same chain in the data root and in detect (the skull stripping is still skipped)
     "brats21": DatasetSpec(
-        "Test", "Brats21", skull_stripped=True, in_atlas_space=False, has_seg=True, label=1
+        "Test",
+        "Brats21",
+        skull_stripped=True,
+        in_atlas_space=False,
+        has_seg=True,
+        label=1,
+        title="BraTS21",
+        test_split="Brats21_test",
+        val_split="Brats21_val",
     ),
-    "mslub": DatasetSpec("Test", "MSLUB", skull_stripped=True, in_atlas_space=False, has_seg=True, label=1),
+    "mslub": DatasetSpec(
+        "Test",
+        "MSLUB",
+        skull_stripped=True,
+        in_atlas_space=False,
+        has_seg=True,
+        label=1,
+        title="MSLUB",
+        test_split="MSLUB_test",
+        val_split="MSLUB_val",
+    ),
 }
 
 IXI_PATTERN = re.compile(r"^(IXI(\d{3})-.+)-T2\.nii(\.gz)?$")

@@ -29,11 +29,19 @@ import csv
 import logging
 import os
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 from pddpm_monai.utils import InputError
 
-__all__ = ["REQUIRED_COLUMNS", "SPLIT_NAMES", "split_path", "swap_modality", "subject_id", "read_split_csv"]
+__all__ = [
+    "REQUIRED_COLUMNS",
+    "SPLIT_NAMES",
+    "split_path",
+    "swap_modality",
+    "subject_id",
+    "read_split_csv",
+    "fold_items",
+]
 
 #: columns every split CSV must have
 REQUIRED_COLUMNS = ("img_name", "label", "img_path", "mask_path", "seg_path")
@@ -236,4 +244,37 @@ def read_split_csv(
             len(duplicates),
             "; ".join(duplicates),
         )
+    return items
+
+
+FoldPart = Literal["train", "val"]
+
+
+def fold_items(
+    data_root: str | os.PathLike | None, fold: int, part: FoldPart = "train"
+) -> list[dict[str, Any]]:
+    """The data list of a fold's IXI training or validation split (``splits/IXI_<part>_fold<k>.csv``).
+
+    Args:
+        data_root: the data root (DESIGN.md layout).
+        fold: the cross-validation fold.
+        part: ``"train"`` or ``"val"``.
+
+    Returns:
+        dicts with ``name``, ``image``, ``mask`` (absolute paths), ...
+
+    Raises:
+        InputError: no data root given, data root or ``splits/`` missing, or an empty split.
+    """
+    if data_root in (None, ""):
+        raise InputError("data root", "no data root given (pddpm train --data-root, bundle --data_root)")
+    root = Path(data_root)
+    if not root.is_dir():
+        raise InputError(root, "data root not found")
+    if part not in ("train", "val"):
+        raise ValueError(f"part must be 'train' or 'val', got {part!r}.")
+    csv = split_path(root, f"IXI_{part}_fold{int(fold)}")
+    items = read_split_csv(csv, root)
+    if not items:
+        raise InputError(csv, f"the {part} split of fold {fold} is empty")
     return items

@@ -1,13 +1,9 @@
-"""Training with MONAI engines: methods' training steps, trainer/evaluator set-up, checkpoints.
+"""Training with MONAI engines: one trainer for every method, as the bundle wires it.
 
-Modules (imported explicitly, so that ``pddpm --help`` does not load torch/MONAI engines):
-
-- :mod:`~pddpm_monai.engines.methods`: the :class:`~pddpm_monai.engines.methods.Method` base class,
-  the registry ``METHODS`` (``"pddpm"``, ``"ddpm"``; baselines register more) and their configs.
 - :mod:`~pddpm_monai.engines.trainer`: ``TrainConfig`` (every training default), ``build_trainer``
-  (a MONAI ``SupervisedTrainer`` with validation, checkpoints, TensorBoard), ``train``.
-- :mod:`~pddpm_monai.engines.checkpoint`: self-describing checkpoints, ``load_method`` and
-  ``load_scorer`` (the volume scorer that ``pddpm evaluate`` and ``pddpm reconstruct`` use).
-- :mod:`~pddpm_monai.engines.config`: plain-dict round trips of the config dataclasses.
+  (the objects of the bundle's ``train.json``), ``train``;
+- :mod:`~pddpm_monai.engines.steps`: the engines' ``iteration_update`` and small handler helpers;
+- :mod:`~pddpm_monai.engines.handlers`: epoch setter, checkpoints, image grid, progress bar;
+- :mod:`~pddpm_monai.engines.distributed`: multi-GPU (torchrun + DDP) pieces;
 - :mod:`~pddpm_monai.engines.commands`: ``pddpm train`` and ``pddpm reconstruct``.
 """

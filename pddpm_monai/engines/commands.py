@@ -217,10 +217,9 @@ def _stem(path: Path) -> str:
 
 def run_reconstruct(args: argparse.Namespace) -> int:
     """``pddpm reconstruct``: model-grid input, reconstruction and anomaly map as NIfTI."""
-    from pddpm_monai.engines.checkpoint import load_scorer
-    from pddpm_monai.engines.trainer import resolve_device
+    from pddpm_monai.methods.checkpoint import load_scorer
     from pddpm_monai.transforms.loading import model_grid_transforms
-    from pddpm_monai.utils import ensure_output_dir, read_nifti, save_nifti
+    from pddpm_monai.utils import ensure_output_dir, read_nifti, resolve_device, save_nifti
 
     image_path = Path(args.image)
     mask_path = Path(args.mask) if args.mask else None

@@ -33,8 +33,8 @@ from monai.data import partition_dataset
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pddpm_monai.engines.bundle import TrainingStep
-from pddpm_monai.engines.methods import Method, StepOutput
+from pddpm_monai.engines.steps import TrainingStep
+from pddpm_monai.methods import Method, StepOutput
 
 __all__ = [
     "Backend",
@@ -198,13 +198,13 @@ class _StepModule(nn.Module):
 
 
 class DistributedTrainingStep(TrainingStep):
-    """:class:`~pddpm_monai.engines.bundle.TrainingStep` whose forward pass runs through DDP.
+    """:class:`~pddpm_monai.bundle.components.TrainingStep` whose forward pass runs through DDP.
 
     The method's weights are broadcast from rank 0 when this is built, and gradients are averaged
     over the ranks in ``backward``. Checkpoints keep saving ``method`` itself (no ``module.``
     prefixes). Methods with a custom ``train_iteration`` (several optimisers) are not supported.
 
-    Args: as :class:`~pddpm_monai.engines.bundle.TrainingStep`.
+    Args: as :class:`~pddpm_monai.bundle.components.TrainingStep`.
     """
 
     def __init__(

@@ -1,11 +1,11 @@
 """Post-processing, threshold search, metrics, permutation tests, tables and figures (paper §4.3-§4.4).
 
 Everything after the anomaly map, shared by every method: a method is an
-:class:`~pddpm_monai.evaluation.scorers.AnomalyScorer` and
+:class:`~pddpm_monai.methods.scorers.AnomalyScorer` and
 :func:`~pddpm_monai.evaluation.evaluate.evaluate_method` does the rest.
 """
 
-from pddpm_monai.evaluation.evaluate import DATASETS, EvaluationConfig, VolumeLoader, evaluate_method
+from pddpm_monai.evaluation.evaluate import EvaluationConfig, VolumeLoader, evaluate_method
 from pddpm_monai.evaluation.metrics import (
     VolumeMetrics,
     average_precision,
@@ -14,11 +14,9 @@ from pddpm_monai.evaluation.metrics import (
     volume_metrics,
 )
 from pddpm_monai.evaluation.postprocess import PostprocessConfig, binarize, postprocess_anomaly_map
-from pddpm_monai.evaluation.scorers import AnomalyScorer, ThreshScorer
 from pddpm_monai.evaluation.threshold import ThresholdResult, ValidationPool, best_dice_threshold
 
 __all__ = [
-    "DATASETS",
     "EvaluationConfig",
     "evaluate_method",
     "VolumeLoader",
@@ -30,8 +28,6 @@ __all__ = [
     "PostprocessConfig",
     "binarize",
     "postprocess_anomaly_map",
-    "AnomalyScorer",
-    "ThreshScorer",
     "ThresholdResult",
     "ValidationPool",
     "best_dice_threshold",

@@ -34,8 +34,9 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
-from pddpm_monai.evaluation.evaluate import DATASETS, EvaluationConfig, VolumeLoader, evaluate_method
-from pddpm_monai.evaluation.scorers import AnomalyScorer
+from pddpm_monai.data.adapters import DATASETS
+from pddpm_monai.evaluation.evaluate import EvaluationConfig, VolumeLoader, evaluate_method
+from pddpm_monai.methods.scorers import AnomalyScorer
 from pddpm_monai.utils import InputError, atomic_path, save_json
 
 __all__ = [
@@ -143,14 +144,14 @@ class EnsembleScorer:
 
 
 def _checkpoint_base(checkpoint: Path) -> Setting:
-    from pddpm_monai.engines.checkpoint import read_checkpoint
+    from pddpm_monai.methods.checkpoint import read_checkpoint
 
     state = read_checkpoint(checkpoint, method="pddpm")
     return Setting(int(state["config"]["patch_size"]), int(state["config"]["t_test"]))
 
 
 def _scorer(checkpoint: Path, setting: Setting, config: AblationConfig, name: str) -> AnomalyScorer:
-    from pddpm_monai.engines.checkpoint import load_scorer
+    from pddpm_monai.methods.checkpoint import load_scorer
 
     return load_scorer(
         checkpoint,
@@ -214,7 +215,7 @@ def write_ablation_figures(
             sub = [r for r in rows if r["sweep"] == sweep and r["dataset"] == dataset]
             values = sorted({int(r[sweep]) for r in sub})
             per_value = [[_nan(r[metric]) for r in sub if int(r[sweep]) == v] for v in values]
-            label = DATASETS[dataset].label
+            label = DATASETS[dataset].title
             path = Path(out_dir) / "figures" / f"{metric}_vs_{sweep}_{dataset}.png"
             written.append(
                 plot_ablation(

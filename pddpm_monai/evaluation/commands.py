@@ -51,7 +51,8 @@ def resolve_checkpoint(path: Path) -> Path:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from pddpm_monai.evaluation.evaluate import EvaluationConfig, VolumeLoader, evaluate_method
-    from pddpm_monai.evaluation.scorers import ThreshScorer, load_checkpoint_scorer
+    from pddpm_monai.methods.checkpoint import load_scorer
+    from pddpm_monai.methods.scorers import ThreshScorer
 
     checkpoints = [resolve_checkpoint(c) for c in args.checkpoint or []]
     if bool(checkpoints) == bool(args.method):
@@ -84,9 +85,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise InputError("--fold", f"{len(checkpoints)} checkpoint(s) but {len(folds)} fold number(s)")
     loader = VolumeLoader(config, cache=len(checkpoints) > 1)  # folds score the same test volumes
     for checkpoint, fold in zip(checkpoints, folds):
-        scorer = load_checkpoint_scorer(
-            checkpoint, t_test=args.t_test, patch_size=args.patch_size, device=args.device
-        )
+        scorer = load_scorer(checkpoint, t_test=args.t_test, patch_size=args.patch_size, device=args.device)
         extra = {"checkpoint": str(checkpoint), "t_test": args.t_test, "patch_size": args.patch_size}
         run = evaluate_method(
             scorer, args.data_root, args.out, fold=fold, config=config, extra=extra, loader=loader
@@ -113,7 +112,7 @@ def _table(args: argparse.Namespace) -> int:
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``evaluate`` and ``table``."""
-    from pddpm_monai.evaluation.evaluate import DATASETS
+    from pddpm_monai.data.adapters import DATASETS
 
     p = subparsers.add_parser(
         "evaluate",

@@ -1,4 +1,4 @@
-"""Evaluate one method (an :class:`~pddpm_monai.evaluation.scorers.AnomalyScorer`) on a data root.
+"""Evaluate one method (an :class:`~pddpm_monai.methods.scorers.AnomalyScorer`) on a data root.
 
 For every unhealthy dataset: score the validation split, post-process, pool the voxels and find the
 exact Dice-optimal threshold; then score each test volume, binarise at that threshold, drop small
@@ -42,18 +42,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from pddpm_monai.data.adapters import DATASETS, DatasetSpec
 from pddpm_monai.data.datalist import read_split_csv, split_path
 from pddpm_monai.evaluation.metrics import VoxelSet, dice_score, pr_histogram, volume_metrics
 from pddpm_monai.evaluation.postprocess import PostprocessConfig, binarize, postprocess_anomaly_map
-from pddpm_monai.evaluation.scorers import AnomalyScorer
 from pddpm_monai.evaluation.threshold import ValidationPool, fpr_threshold
+from pddpm_monai.methods.scorers import AnomalyScorer
 from pddpm_monai.names import method_label
 from pddpm_monai.transforms.loading import ModelGridConfig, model_grid_transforms
 from pddpm_monai.utils import InputError, atomic_path, read_nifti, save_json, save_nifti
 
 __all__ = [
-    "DatasetSpec",
-    "DATASETS",
     "EvaluationConfig",
     "METRIC_COLUMNS",
     "FILE_COLUMNS",
@@ -63,27 +62,6 @@ __all__ = [
     "evaluate_method",
 ]
 
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """A dataset of the data root: its display label and split names."""
-
-    label: str
-    test_split: str
-    val_split: str | None = None
-
-    @property
-    def unhealthy(self) -> bool:
-        """Whether it has lesion masks (then a validation split gives the threshold)."""
-        return self.val_split is not None
-
-
-#: datasets of Table 1, by their command-line key
-DATASETS: dict[str, DatasetSpec] = {
-    "brats21": DatasetSpec("BraTS21", "Brats21_test", "Brats21_val"),
-    "mslub": DatasetSpec("MSLUB", "MSLUB_test", "MSLUB_val"),
-    "ixi": DatasetSpec("IXI", "IXI_test"),
-}
 
 #: anomaly scores down to minus this are round-off and clipped to 0; below it they are refused
 NEGATIVE_TOLERANCE = 1e-6
@@ -378,7 +356,7 @@ def _find_threshold(
         raise InputError(split_path(data_root, spec.val_split), "validation split is empty")
     pool = ValidationPool(floor=0.0)
     cache_dir = run_dir / "nifti" / f"{key}_val"
-    for item in _bar(items, f"{method_label(scoring.scorer.name)} {spec.label} val", config):
+    for item in _bar(items, f"{method_label(scoring.scorer.name)} {spec.title} val", config):
         map_path, seg_path = (
             cache_dir / f"{item['name']}_anomaly.nii.gz",
             cache_dir / f"{item['name']}_seg.nii.gz",
@@ -389,7 +367,7 @@ def _find_threshold(
         else:
             vol = scoring(item)
             if vol.seg is None:
-                raise InputError(item["image"], f"validation subject of {spec.label} has no seg_path")
+                raise InputError(item["image"], f"validation subject of {spec.title} has no seg_path")
             scores, seg = vol.scores, vol.seg.astype(np.uint8)
             save_nifti(seg, vol.affine, seg_path)
             save_nifti(scores, vol.affine, map_path)
@@ -570,7 +548,7 @@ def evaluate_method(
             entry = _find_threshold(scoring, key, spec, data_root, run_dir)
             threshold, edges = float(entry["threshold"]), np.asarray(entry["bin_edges"])
         records = []
-        for item in _bar(items, f"{method_label(scorer.name)} {spec.label} test", config):
+        for item in _bar(items, f"{method_label(scorer.name)} {spec.title} test", config):
             record_path = run_dir / "volumes" / key / f"{item['name']}.json"
             record = _read_json(record_path)
             stale = (
@@ -589,7 +567,7 @@ def evaluate_method(
         if config.figures:
             from pddpm_monai.evaluation.figures import run_figures
 
-            run_figures(run_dir, key, spec.label, records, method_label(scorer.name), scoring.reference)
+            run_figures(run_dir, key, spec.title, records, method_label(scorer.name), scoring.reference)
     _write_csv(all_rows, run_dir / "metrics.csv", list(fpr_thresholds))
     save_json(summary, run_dir / "summary.json")
     return run_dir

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pddpm_monai.evaluation.evaluate import DATASETS
+from pddpm_monai.data.adapters import DATASETS
 from pddpm_monai.evaluation.stats import PermutationConfig, paired_permutation_test
 from pddpm_monai.names import method_label, method_order
 from pddpm_monai.utils import InputError, atomic_path
@@ -206,7 +206,7 @@ def format_markdown(
     )
     if nan_volumes:
         counts = ", ".join(
-            f"{DATASETS[k].label if k in DATASETS else k} {n}" for k, n in sorted(nan_volumes.items())
+            f"{DATASETS[k].title if k in DATASETS else k} {n}" for k, n in sorted(nan_volumes.items())
         )
         lines.append(f"Volumes with empty ground truth (NaN Dice/AUPRC, left out of the means): {counts}.")
     return "\n".join(lines) + "\n"
@@ -235,7 +235,7 @@ def _pr_figures(runs: list[Path], out_dir: Path) -> list[Path]:
             data = np.load(pr)
             curves[label] = pr_curve_from_histogram(data["pos"], data["neg"])
         if curves:
-            written.append(plot_pr_curves(curves, out_dir / f"pr_{key}.png", title=spec.label))
+            written.append(plot_pr_curves(curves, out_dir / f"pr_{key}.png", title=spec.title))
     return written
 
 

@@ -8,7 +8,7 @@ bundle's ``models/model.pt`` loads into it strictly) with a second calling conve
 - ``net(x, timesteps)``: the UNet's ``x_0`` prediction, as the inferers, the training and MONAI
   Label's inferer call it;
 - ``net(x)``: patched inference at a fixed timestep with fixed noise fields (built by
-  :func:`~pddpm_monai.engines.bundle.inference_network` from the checkpoint: its ``t_test``, patch
+  :func:`~pddpm_monai.bundle.components.inference_network` from the checkpoint: its ``t_test``, patch
   size and grid, schedule and noise type), returning ``|x - x_hat|`` (or ``x_hat``) with ``x``'s
   shape, for slices ``(B, 1, H, W)`` or volumes ``(B, 1, H, W, D)`` (every axial slice).
 

@@ -259,14 +259,8 @@ def _check_config(paths: DemoPaths, config: DemoConfig) -> None:
 
 def demo_methods(config: DemoConfig) -> tuple[list[str], list[str]]:
     """``(available, missing)``: the configured methods that are registered, and those that are not."""
-    from pddpm_monai.engines.methods import METHODS
+    from pddpm_monai.methods import METHODS
 
-    try:
-        from pddpm_monai.engines.methods import load_method_plugins
-
-        load_method_plugins()
-    except ImportError:  # an older engines package without plugins: only pddpm/ddpm
-        pass
     available = [m for m in config.methods if m in METHODS]
     return available, [m for m in config.methods if m not in METHODS]
 
@@ -291,7 +285,7 @@ def _stage_preprocess(paths: DemoPaths, config: DemoConfig) -> str:
         return "not needed (--quick: the data root was generated preprocessed)"
     from pddpm_monai.data.atlas import resolve_atlas
     from pddpm_monai.data.prepare import run_preprocess
-    from pddpm_monai.engines.trainer import resolve_device
+    from pddpm_monai.utils import resolve_device
 
     atlas = resolve_atlas(paths.atlas)
     device = "cuda" if resolve_device(config.device).type == "cuda" else "cpu"
@@ -363,10 +357,10 @@ def _checkpoint(paths: DemoPaths, method: str) -> Path:
 
 
 def _stage_evaluate(paths: DemoPaths, config: DemoConfig) -> str:
-    from pddpm_monai.engines.checkpoint import load_scorer
-    from pddpm_monai.engines.trainer import resolve_device
     from pddpm_monai.evaluation.evaluate import EvaluationConfig, VolumeLoader, evaluate_method
-    from pddpm_monai.evaluation.scorers import ThreshScorer
+    from pddpm_monai.methods.checkpoint import load_scorer
+    from pddpm_monai.methods.scorers import ThreshScorer
+    from pddpm_monai.utils import resolve_device
 
     eval_config = EvaluationConfig(progress=config.progress)
     loader = VolumeLoader(eval_config, cache=True)  # every method scores the same volumes

@@ -5,7 +5,7 @@ The chain, for one raw scan of any orientation and spacing:
 1. validate the scan (:func:`~pddpm_monai.transforms.scan_io.read_scan`: NIfTI, NRRD/MetaImage or a
    folder holding one DICOM series; 3-D, finite, not empty; a non-NIfTI scan is converted once to a
    NIfTI with the same voxels and geometry in the cache folder) and the
-   checkpoint (:func:`~pddpm_monai.engines.checkpoint.load_scorer`: a pddpm-monai checkpoint whose
+   checkpoint (:func:`~pddpm_monai.methods.checkpoint.load_scorer`: a pddpm-monai checkpoint whose
    weights fit its method and whose patches fit the model grid);
 2. paper §4.1 preprocessing (:func:`~pddpm_monai.transforms.preprocess.preprocess_scan`: 1 mm,
    HD-BET unless ``skull_stripped``, affine registration to the atlas, crop to 192x192x160, N4),
@@ -327,7 +327,7 @@ def lesion_statistics(lesions: np.ndarray, affine: np.ndarray) -> dict[str, Any]
 
 def _load_scorer(checkpoint: Path, config: DetectConfig) -> Any:
     """The checkpoint's scorer; refuses patches that do not fit the model grid."""
-    from pddpm_monai.engines.checkpoint import load_scorer
+    from pddpm_monai.methods.checkpoint import load_scorer
 
     scorer = load_scorer(
         checkpoint,

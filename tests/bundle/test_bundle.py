@@ -21,8 +21,8 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from pddpm_monai.engines.checkpoint import load_scorer
 from pddpm_monai.evaluation.postprocess import postprocess_anomaly_map
+from pddpm_monai.methods.checkpoint import load_scorer
 from pddpm_monai.networks import DiffusionUNet
 from pddpm_monai.transforms.loading import model_grid_transforms
 from tests.bundle.conftest import BUNDLE, CONFIGS, REPO_ROOT, TINY, shared_once, tiny_overrides
@@ -204,7 +204,7 @@ def test_run_evaluating_writes_table_and_threshold(
 ) -> None:
     from monai.bundle import run
 
-    from pddpm_monai.engines.bundle import read_threshold
+    from pddpm_monai.bundle.components import read_threshold
 
     out, threshold_path = tmp_path / "eval", tmp_path / "threshold.json"
     run("evaluating", config_file=str(CONFIGS / "evaluate.json"), bundle_root=str(trained_bundle),
@@ -249,7 +249,7 @@ def test_verify_net_in_out() -> None:
 
 @pytest.mark.slow
 def test_ddp_gloo_two_processes_partition_the_data(tiny_root: Path, tmp_path: Path) -> None:
-    from pddpm_monai.engines.bundle import fold_items
+    from pddpm_monai.data.datalist import fold_items
     from pddpm_monai.engines.distributed import read_rank_records
 
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "monai.bundle", "run",

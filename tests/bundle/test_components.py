@@ -1,7 +1,7 @@
-"""Unit tests of the bundle's library components and of ``python -m pddpm_monai.bundle_check``.
+"""Unit tests of the bundle's library components and of ``python -m pddpm_monai.bundle.check``.
 
-Covers :mod:`pddpm_monai.engines.bundle`, :mod:`pddpm_monai.engines.distributed`,
-:mod:`pddpm_monai.transforms.inference` and :mod:`pddpm_monai.bundle_check` on tiny inputs.
+Covers :mod:`pddpm_monai.bundle.components`, :mod:`pddpm_monai.engines.distributed`,
+:mod:`pddpm_monai.transforms.inference` and :mod:`pddpm_monai.bundle.check` on tiny inputs.
 """
 
 from __future__ import annotations
@@ -16,17 +16,13 @@ from monai.data import MetaTensor
 from parameterized import parameterized
 
 import pddpm_monai.engines.distributed as distributed
-from pddpm_monai import bundle_check
+from pddpm_monai.bundle import check as bundle_check
+from pddpm_monai.bundle.components import checkpoint_inferer, read_threshold
+from pddpm_monai.data.datalist import fold_items
 from pddpm_monai.diffusion.process import DiffusionConfig
-from pddpm_monai.engines.bundle import (
-    build_bundle_method,
-    checkpoint_inferer,
-    export_bundle_model,
-    fold_items,
-    read_threshold,
-)
-from pddpm_monai.engines.checkpoint import save_method_checkpoint
+from pddpm_monai.engines.trainer import training_method
 from pddpm_monai.inferers import DiffusionReconstructionInferer, PatchedDiffusionInferer
+from pddpm_monai.methods.checkpoint import export_bundle_model, save_method_checkpoint
 from pddpm_monai.networks import DiffusionUNet
 from pddpm_monai.transforms.inference import PrepareScand, ToNatived
 from pddpm_monai.utils import InputError
@@ -43,21 +39,21 @@ TINY_OPTIONS = {
 
 
 def _checkpoint(tmp_path: Path, method: str = "pddpm") -> Path:
-    m = build_bundle_method(method, TINY_OPTIONS)
+    m = training_method(method, TINY_OPTIONS, seed=0, drop_unknown=True)
     return save_method_checkpoint(tmp_path / f"{method}.pt", m)
 
 
 # ----------------------------------------------------------------------------------- engines.bundle
 
 
-def test_build_bundle_method_drops_options_the_method_lacks() -> None:
-    pddpm = build_bundle_method("pddpm", TINY_OPTIONS)
-    ddpm = build_bundle_method("ddpm", TINY_OPTIONS)
+def test_training_method_drops_options_the_method_lacks() -> None:
+    pddpm = training_method("pddpm", TINY_OPTIONS, seed=0, drop_unknown=True)
+    ddpm = training_method("ddpm", TINY_OPTIONS, seed=0, drop_unknown=True)
     assert (pddpm.config.patch_size, pddpm.config.t_test) == (16, 300)
     assert ddpm.config.t_test == 300 and not hasattr(ddpm.config, "patch_size")
     assert ddpm.config.diffusion.noise_type == "gaussian"
     with pytest.raises(InputError, match="unknown method"):
-        build_bundle_method("vae2", TINY_OPTIONS)
+        training_method("vae2", TINY_OPTIONS, seed=0, drop_unknown=True)
 
 
 def test_export_bundle_model_loads_into_network_def(tmp_path: Path) -> None:

@@ -120,8 +120,8 @@ def test_bad_checkpoint_and_bad_options_are_one_line_errors(data_root, tmp_path,
 def test_omitted_options_keep_the_dataclass_defaults_and_help_states_them(capsys):
     from pddpm_monai.cli import build_parser
     from pddpm_monai.engines.commands import train_config_from_args
-    from pddpm_monai.engines.methods import PDDPMConfig
     from pddpm_monai.engines.trainer import TrainConfig
+    from pddpm_monai.methods import PDDPMConfig
 
     args = build_parser().parse_args(["train", "--data-root", "r", "--out", "o"])
     config = train_config_from_args(args)

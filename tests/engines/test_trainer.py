@@ -15,8 +15,8 @@ import pytest
 import torch
 from ignite.engine import Events
 
-from pddpm_monai.engines.checkpoint import load_method
 from pddpm_monai.engines.trainer import TrainConfig, build_loaders, prepare_training, train
+from pddpm_monai.methods.checkpoint import load_method
 from pddpm_monai.utils import InputError
 from tests.conftest import REPO_ROOT
 from tests.engines.toys import TINY_NET, as_volumes, healthy_images, tiny, with_lesion

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pddpm_monai.engines.methods import DDPMMethod, PDDPMMethod, build_method
+from pddpm_monai.methods import DDPMMethod, PDDPMMethod, build_method
 
 SIZE = 32
 PATCH = 16

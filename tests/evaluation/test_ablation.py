@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from pddpm_monai.cli import main
-from pddpm_monai.engines.checkpoint import save_method_checkpoint
-from pddpm_monai.engines.methods import build_method
+from pddpm_monai.data.adapters import DATASETS
 from pddpm_monai.evaluation.ablation import (
     AblationConfig,
     EnsembleScorer,
@@ -22,7 +21,9 @@ from pddpm_monai.evaluation.ablation import (
     run_ablation,
     write_ablation_figures,
 )
-from pddpm_monai.evaluation.evaluate import DATASETS, EvaluationConfig
+from pddpm_monai.evaluation.evaluate import EvaluationConfig
+from pddpm_monai.methods import build_method
+from pddpm_monai.methods.checkpoint import save_method_checkpoint
 from pddpm_monai.utils import InputError
 from tests.engines.toys import randomize, tiny
 

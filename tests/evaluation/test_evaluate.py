@@ -23,8 +23,8 @@ from pddpm_monai.evaluation.evaluate import (
     evaluate_method,
 )
 from pddpm_monai.evaluation.postprocess import PostprocessConfig, binarize, postprocess_anomaly_map
-from pddpm_monai.evaluation.scorers import ThreshScorer
 from pddpm_monai.evaluation.threshold import ValidationPool
+from pddpm_monai.methods.scorers import ThreshScorer
 from pddpm_monai.transforms.loading import ModelGridConfig, model_grid_transforms
 from pddpm_monai.utils import InputError, save_nifti
 
@@ -378,10 +378,9 @@ def test_real_brats_cases_with_thresh(shared_data, tmp_path):
 
 
 def test_checkpoint_scorer_from_the_engines_plugs_in(tiny_root, tmp_path):
-    """The seam: a (random, tiny) pDDPM checkpoint evaluates end to end through load_checkpoint_scorer."""
-    from pddpm_monai.engines.checkpoint import save_method_checkpoint
-    from pddpm_monai.engines.methods import build_method
-    from pddpm_monai.evaluation.scorers import load_checkpoint_scorer
+    """The seam: a (random, tiny) pDDPM checkpoint evaluates end to end through load_scorer."""
+    from pddpm_monai.methods import build_method
+    from pddpm_monai.methods.checkpoint import load_scorer, save_method_checkpoint
 
     net = {
         "model_channels": 16,
@@ -392,7 +391,7 @@ def test_checkpoint_scorer_from_the_engines_plugs_in(tiny_root, tmp_path):
     }
     method = build_method("pddpm", {"network": net, "t_test": 250, "patch_size": 16})
     path = save_method_checkpoint(tmp_path / "tiny.pt", method)
-    scorer = load_checkpoint_scorer(path, t_test=100)
+    scorer = load_scorer(path, t_test=100)
     run = evaluate_method(
         scorer, tiny_root, tmp_path / "out", config=_config(datasets=("ixi",), figures=False)
     )
@@ -420,8 +419,8 @@ def test_resolve_checkpoint_takes_a_run_folder(tmp_path, capsys):
 
 
 def test_cli_evaluate_a_run_folder_uses_its_best_checkpoint(tiny_root, tmp_path, capsys):
-    from pddpm_monai.engines.checkpoint import save_method_checkpoint
-    from pddpm_monai.engines.methods import build_method
+    from pddpm_monai.methods import build_method
+    from pddpm_monai.methods.checkpoint import save_method_checkpoint
 
     # three levels: the middle attention runs on 24x24 tokens, not 96x96 (that alone costs a minute)
     net = {

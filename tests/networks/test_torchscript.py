@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from pddpm_monai.bundle.components import checkpoint_inferer, inference_network
 from pddpm_monai.diffusion.patches import patch_masks
 from pddpm_monai.diffusion.process import DiffusionConfig, DiffusionProcess
-from pddpm_monai.engines.bundle import build_bundle_method, checkpoint_inferer, inference_network
-from pddpm_monai.engines.checkpoint import save_method_checkpoint
+from pddpm_monai.engines.trainer import training_method
 from pddpm_monai.inferers import PatchedDiffusionInferer
+from pddpm_monai.methods.checkpoint import save_method_checkpoint
 from pddpm_monai.networks import DiffusionUNet
 from pddpm_monai.networks.patched_anomaly import PatchedAnomalyUNet
 from pddpm_monai.utils import InputError
@@ -83,7 +84,7 @@ def test_scripted_unet_equals_eager(spatial_dims: int, tmp_path: Path) -> None:
 
 
 def _checkpoint(tmp_path: Path, method: str, **options) -> Path:
-    m = build_bundle_method(method, {**options, "network": TINY})
+    m = training_method(method, {**options, "network": TINY}, seed=0, drop_unknown=True)
     _randomise(m.network, seed=3)
     return save_method_checkpoint(tmp_path / f"{method}.pt", m)
 
@@ -135,7 +136,7 @@ def test_reconstruction_output_and_checks() -> None:
 
 def test_load_state_dict_unwraps_the_bundle_model_file(tmp_path: Path) -> None:
     """MONAI's ``ckpt_export`` loads the whole ``models/model.pt`` dict into ``network_def``."""
-    from pddpm_monai.engines.bundle import export_bundle_model
+    from pddpm_monai.methods.checkpoint import export_bundle_model
 
     model_pt = export_bundle_model(_checkpoint(tmp_path, "pddpm", patch_size=16), tmp_path / "model.pt")
     whole = torch.load(model_pt, weights_only=True)

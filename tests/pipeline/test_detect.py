@@ -12,8 +12,8 @@ from scipy import ndimage
 
 from pddpm_monai.cli import main
 from pddpm_monai.data.atlas import resolve_atlas
-from pddpm_monai.engines.checkpoint import save_method_checkpoint
-from pddpm_monai.engines.methods import build_method
+from pddpm_monai.methods import build_method
+from pddpm_monai.methods.checkpoint import save_method_checkpoint
 from pddpm_monai.pipeline.detect import (
     DetectConfig,
     bundle_atlas,

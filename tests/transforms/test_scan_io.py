@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from monai.transforms import LoadImaged
 
-from pddpm_monai.engines.bundle import inference_items
+from pddpm_monai.bundle.components import inference_items
 from pddpm_monai.transforms.preprocess import array_to_sitk
 from pddpm_monai.transforms.scan_io import ScanReader, read_scan, scan_as_nifti
 from pddpm_monai.utils import InputError

@@ -1,4 +1,4 @@
-"""``python -m pddpm_monai.bundle_check``: run a bundle with one-line errors for user mistakes.
+"""``python -m pddpm_monai.bundle.check``: run a bundle with one-line errors for user mistakes.
 
 ``python -m monai.bundle run`` accepts any ``--key value`` (a misspelt key silently adds a new,
 unused entry) and reports bad input as a deep ``ConfigParser`` traceback. This entry point takes
@@ -13,9 +13,9 @@ inside (missing checkpoint, bad scan, ...) into one line on stderr with exit cod
 
 Examples::
 
-    python -m pddpm_monai.bundle_check run training --config_file configs/train.json \\
+    python -m pddpm_monai.bundle.check run training --config_file configs/train.json \\
         --data_root /data/root --fold 2 --patch_size 60
-    python -m pddpm_monai.bundle_check check training --config_file configs/train.json --data_root ROOT
+    python -m pddpm_monai.bundle.check check training --config_file configs/train.json --data_root ROOT
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ RUN_OPTIONS = ("config_file", "meta_file", "logging_file", "args_file", "init_id
 #: run ids whose config reads a data root
 DATA_ROOT_RUNS = ("training", "evaluating")
 EXIT_USER_ERROR = 2
-USAGE = "usage: python -m pddpm_monai.bundle_check {run,check} RUN_ID --config_file FILE [--key value ...]"
+USAGE = "usage: python -m pddpm_monai.bundle.check {run,check} RUN_ID --config_file FILE [--key value ...]"
 
 
 def _value(text: str) -> Any:

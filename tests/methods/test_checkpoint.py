@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pddpm_monai.engines.checkpoint import (
+from pddpm_monai.methods.checkpoint import (
     CHECKPOINT_VERSION,
     load_method,
     load_scorer,

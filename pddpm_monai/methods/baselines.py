@@ -1,4 +1,4 @@
-"""The learned baselines of Table 1 as :class:`~pddpm_monai.engines.methods.Method` s.
+"""The learned baselines of Table 1 as :class:`~pddpm_monai.methods.Method` s.
 
 Each is one small network module (:mod:`pddpm_monai.networks.autoencoders`,
 :mod:`pddpm_monai.networks.fanogan`) plus its training step here and its reconstruction rule
@@ -6,7 +6,7 @@ Each is one small network module (:mod:`pddpm_monai.networks.autoencoders`,
 evaluation are the shared ones (``pddpm train --method ae`` ... ``pddpm evaluate --checkpoint``).
 Every method minimises an l1 reconstruction error as in the paper (§4.3); the anomaly map is
 ``|x - x_rec|``. Thresh needs no training: it is
-:class:`~pddpm_monai.evaluation.scorers.ThreshScorer`.
+:class:`~pddpm_monai.methods.scorers.ThreshScorer`.
 
 =========  ===========================================================================================
 ``ae``     dense AE (Baur et al., 2021): l1 loss, ``x_rec = D(mu)``.
@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pddpm_monai.engines.methods import Method, StepOutput, _eval_mode, register_method
 from pddpm_monai.inferers.autoencoder import AutoEncoderInferer
+from pddpm_monai.methods.base import Method, StepOutput, eval_mode, register_method
 from pddpm_monai.networks.autoencoders import (
     DAENetConfig,
     DenseVAENetConfig,
@@ -187,7 +187,7 @@ class _ReconstructionMethod(Method):
         raise NotImplementedError
 
     def reconstruct(self, slices: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        with _eval_mode(self), torch.no_grad():
+        with eval_mode(self), torch.no_grad():
             return self.inferer(slices, self.forward_reconstruction)
 
 
@@ -422,7 +422,7 @@ class FAnoGANMethod(_ReconstructionMethod):
     def validation_loss(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         if self.phase == "gan":
             return torch.tensor(float("inf"), device=images.device)
-        with _eval_mode(self), torch.no_grad():
+        with eval_mode(self), torch.no_grad():
             return self.encoder_loss(images)[0]
 
     @staticmethod

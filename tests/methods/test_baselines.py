@@ -13,11 +13,11 @@ import torch
 
 from pddpm_monai.data.datalist import read_split_csv, split_path
 from pddpm_monai.data.dataset import RandomSliceDataset
-from pddpm_monai.engines.baselines import FAnoGANMethod, coarse_noise
-from pddpm_monai.engines.checkpoint import load_scorer, read_checkpoint
-from pddpm_monai.engines.methods import METHODS, build_method
 from pddpm_monai.engines.trainer import TrainConfig, load_volumes, train
 from pddpm_monai.evaluation import EvaluationConfig, evaluate_method
+from pddpm_monai.methods import METHODS, build_method
+from pddpm_monai.methods.baselines import FAnoGANMethod, coarse_noise
+from pddpm_monai.methods.checkpoint import load_scorer, read_checkpoint
 from tests.evaluation.conftest import write_root
 
 SMALL_AE = {"channels": [8, 16, 16, 16], "latent_size": 16}

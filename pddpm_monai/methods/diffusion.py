@@ -1,21 +1,10 @@
-"""Methods: a network plus its training step and reconstruction rule, on one shared trainer.
+"""The diffusion methods: pDDPM (paper §3) and DDPM (AnoDDPM), on one :class:`~pddpm_monai.networks.DiffusionUNet`.
 
-A :class:`Method` is an ``nn.Module`` that owns its network(s) and a configuration dataclass and
-implements three things the trainer, the checkpoints and the evaluation need:
-
-- :meth:`Method.training_step` ``(images (B,1,H,W), generator) -> StepOutput(loss, images)``
-- :meth:`Method.validation_loss` ``(images, generator) -> loss`` (the training loss, no gradient)
-- :meth:`Method.reconstruct` ``(slices (B,1,H,W), generator) -> reconstruction`` (via its inferer)
-
-plus :meth:`Method.config_dict` / :meth:`Method.from_config` so that a checkpoint can rebuild it.
-Methods register themselves by name in :data:`METHODS` with :func:`register_method`; a baseline
-(AE, VAE, f-AnoGAN, ...) is one more subclass, and it may override :meth:`Method.configure_optimizer`
-and :meth:`Method.train_iteration` when one optimiser step per batch does not fit (GANs).
-
-Implemented here: ``"pddpm"`` (patched DDPM, paper §3) and ``"ddpm"`` (AnoDDPM: the whole slice
-noised, ``L_rec``), both on the same :class:`~pddpm_monai.networks.DiffusionUNet`.
+``"pddpm"`` noises one patch of the slice and trains ``L_p`` (or ``L_rec``) on ``x0``; ``"ddpm"``
+noises the whole slice with ``L_rec``. Both registered in :data:`~pddpm_monai.methods.base.METHODS`.
 
 Example:
+    >>> from pddpm_monai.methods import build_method
     >>> method = build_method("pddpm", {"patch_size": 16, "network": {"model_channels": 16,
     ...     "channel_mult": [1, 2], "num_res_blocks": 1, "num_groups": 8}})  # doctest: +SKIP
     >>> loss, images = method.training_step(torch.rand(4, 1, 32, 32))  # doctest: +SKIP
@@ -23,15 +12,11 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from pddpm_monai.diffusion.patches import PatchGrid, sample_patch_masks
 from pddpm_monai.diffusion.process import (
@@ -42,156 +27,14 @@ from pddpm_monai.diffusion.process import (
     partly_noised,
     patch_l1_loss,
 )
-from pddpm_monai.engines.config import config_from_dict, config_to_dict
 from pddpm_monai.inferers import DiffusionReconstructionInferer, PatchedDiffusionInferer
+from pddpm_monai.methods.base import Method, StepOutput, eval_mode, register_method
 from pddpm_monai.networks import DiffusionUNet
-from pddpm_monai.utils import InputError
 
-__all__ = [
-    "METHODS",
-    "Method",
-    "StepOutput",
-    "UNetConfig",
-    "PDDPMConfig",
-    "DDPMConfig",
-    "PDDPMMethod",
-    "DDPMMethod",
-    "register_method",
-    "build_method",
-    "load_method_plugins",
-]
+__all__ = ["UNetConfig", "PDDPMConfig", "DDPMConfig", "PDDPMMethod", "DDPMMethod"]
 
 PatchSampling = Literal["fixed", "random"]
 PatchLoss = Literal["patch", "full"]
-
-#: registry of the available methods by name (filled by :func:`register_method`)
-METHODS: dict[str, type[Method]] = {}
-
-#: modules whose import registers more methods (the Table 1 baselines); see :func:`load_method_plugins`
-METHOD_MODULES: tuple[str, ...] = ("pddpm_monai.engines.baselines",)
-
-
-class StepOutput(NamedTuple):
-    """What a training step returns: the loss to minimise and images for logging.
-
-    Attributes:
-        loss: scalar loss tensor (with gradient in training).
-        images: named ``(B, 1, H, W)`` images in the data range for the image log, e.g.
-            ``input``, ``noised``, ``reconstruction``, ``error``.
-    """
-
-    loss: Tensor
-    images: dict[str, Tensor]
-
-
-def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
-    """Class decorator that registers a :class:`Method` subclass under ``name`` in :data:`METHODS`."""
-
-    def decorate(cls: type[Method]) -> type[Method]:
-        if name in METHODS and METHODS[name] is not cls:
-            raise ValueError(f"method name {name!r} is already registered by {METHODS[name].__name__}.")
-        cls.name = name
-        METHODS[name] = cls
-        return cls
-
-    return decorate
-
-
-class Method(nn.Module, ABC):
-    """Base class of the anomaly detection methods trained by :mod:`pddpm_monai.engines.trainer`.
-
-    Args:
-        config: an instance of the subclass's :attr:`config_class` (``None``: its defaults).
-    """
-
-    #: registry name, set by :func:`register_method`
-    name: ClassVar[str] = ""
-    #: the configuration dataclass of the method
-    config_class: ClassVar[type] = object
-    #: config fields that may be changed at inference time without retraining (``load_scorer``)
-    inference_options: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self, config: Any | None = None) -> None:
-        super().__init__()
-        self.config = config if config is not None else self.config_class()
-
-    @abstractmethod
-    def training_step(self, images: Tensor, generator: torch.Generator | None = None) -> StepOutput:
-        """The training loss on a batch of healthy slices.
-
-        Args:
-            images: ``(B, 1, H, W)`` slices in ``[0, 1]``.
-            generator: CPU generator for every random draw of the step (reproducible training).
-
-        Returns:
-            the loss and images for logging.
-        """
-
-    @abstractmethod
-    def reconstruct(self, slices: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """The method's pseudo-healthy reconstruction of ``slices`` ``(B, 1, H, W)`` (same shape)."""
-
-    def validation_loss(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """The training loss without gradients, in eval mode (for the validation loss)."""
-        with _eval_mode(self), torch.no_grad():
-            return self.training_step(images, generator).loss
-
-    def anomaly_map(self, slices: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """``(reconstruction, |slices - reconstruction|)`` for ``(B, 1, H, W)`` slices."""
-        recon = self.reconstruct(slices, generator)
-        return recon, (slices - recon).abs()
-
-    def configure_optimizer(self, lr: float) -> torch.optim.Optimizer:
-        """The optimiser of the method (Adam over every parameter, as the authors)."""
-        return torch.optim.Adam(self.parameters(), lr=lr)
-
-    def train_iteration(
-        self,
-        images: Tensor,
-        optimizer: torch.optim.Optimizer,
-        *,
-        generator: torch.Generator | None = None,
-        autocast: contextlib.AbstractContextManager | None = None,
-    ) -> StepOutput:
-        """One optimisation step: zero grads, :meth:`training_step`, backward, step.
-
-        Override for methods with several optimisers (f-AnoGAN).
-
-        Args:
-            images: ``(B, 1, H, W)`` training slices.
-            optimizer: from :meth:`configure_optimizer`.
-            generator: CPU generator of the step's random draws.
-            autocast: context for mixed precision of the forward pass (``None``: full precision).
-
-        Returns:
-            the step output with the loss detached.
-        """
-        self.train()
-        optimizer.zero_grad(set_to_none=True)
-        with autocast if autocast is not None else contextlib.nullcontext():
-            out = self.training_step(images, generator)
-        out.loss.backward()
-        optimizer.step()
-        return StepOutput(out.loss.detach(), {k: v.detach() for k, v in out.images.items()})
-
-    def config_dict(self) -> dict[str, Any]:
-        """The configuration as a plain JSON-able dict (what a checkpoint stores)."""
-        return config_to_dict(self.config)
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any], *, source: str = "config") -> Method:
-        """Build the method from :meth:`config_dict` output (unknown keys -> ``InputError`` naming ``source``)."""
-        return cls(config_from_dict(cls.config_class, config, source=source))
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module):
-    was_training = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)
 
 
 @dataclass
@@ -373,7 +216,7 @@ class PDDPMMethod(_DiffusionMethod):
         return StepOutput(loss, self._log_images(images, noised, x0_hat))
 
     def reconstruct(self, slices: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        with _eval_mode(self), torch.no_grad():
+        with eval_mode(self), torch.no_grad():
             return self.inferer(slices, self.network, generator=generator)
 
 
@@ -405,39 +248,5 @@ class DDPMMethod(_DiffusionMethod):
         return StepOutput(full_l1_loss(x0, x0_hat.float()), self._log_images(images, x_t, x0_hat))
 
     def reconstruct(self, slices: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        with _eval_mode(self), torch.no_grad():
+        with eval_mode(self), torch.no_grad():
             return self.inferer(slices, self.network, generator=generator)
-
-
-def load_method_plugins() -> dict[str, type[Method]]:
-    """Import :data:`METHOD_MODULES` so that every method is in :data:`METHODS`; returns the registry.
-
-    Done lazily (by :func:`build_method` and the checkpoint loader) so that importing this module
-    stays cheap and free of import cycles; a module that does not exist (yet) is skipped.
-    """
-    for module in METHOD_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
-    return METHODS
-
-
-def build_method(name: str, config: Mapping[str, Any] | None = None, *, source: str = "config") -> Method:
-    """Build a registered method from its name and a (partial) config dict.
-
-    Args:
-        name: a key of :data:`METHODS`.
-        config: plain config dict; missing keys take the method's defaults.
-        source: where the config came from, for error messages.
-
-    Returns:
-        the method (on the CPU, in training mode).
-
-    Raises:
-        InputError: for an unknown method name or invalid options.
-    """
-    if name not in load_method_plugins():
-        raise InputError(source, f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
-    return METHODS[name].from_config(dict(config or {}), source=source)

@@ -27,12 +27,14 @@ import torch
 from monai.data import MetaTensor
 from torch import Tensor
 
-from pddpm_monai.engines.config import apply_overrides
-from pddpm_monai.engines.methods import METHODS, Method, build_method, load_method_plugins
 from pddpm_monai.inferers import reconstruct_volume
-from pddpm_monai.utils import InputError, load_checkpoint, save_checkpoint
+from pddpm_monai.methods.base import METHODS, Method, build_method
+from pddpm_monai.methods.config import apply_overrides
+from pddpm_monai.utils import InputError, load_checkpoint, resolve_device, save_checkpoint
 
 __all__ = [
+    "MODEL_KEY",
+    "export_bundle_model",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "make_checkpoint",
@@ -54,6 +56,8 @@ _V1_DIFFUSION = {"schedule": "linear_beta", "beta_start": 1e-4, "beta_end": 2e-2
 _V1_SIMPLEX = {"standardize": True}
 #: keys every checkpoint must have
 REQUIRED_KEYS = ("format", "version", "method", "config", "network")
+#: key of the network weights in a bundle's ``models/model.pt`` (what MONAI Label and ``CheckpointLoader`` read)
+MODEL_KEY = "model"
 
 
 def make_checkpoint(
@@ -124,7 +128,7 @@ def read_checkpoint(path: str | os.PathLike, *, method: str | None = None) -> di
         )
     state = upgrade_checkpoint(state)
     name = state["method"]
-    if name not in load_method_plugins():
+    if name not in METHODS:
         raise InputError(
             path, f"checkpoint of unknown method {name!r}; available: {', '.join(sorted(METHODS))}"
         )
@@ -204,6 +208,32 @@ def load_method(
     return method_from_checkpoint(state, path, overrides=overrides).to(device).eval()
 
 
+def export_bundle_model(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write the bundle's ``models/model.pt`` from a training checkpoint (``best.pt`` / ``last.pt``).
+
+    The file is a pddpm-monai checkpoint without optimiser state (``load_scorer`` and
+    ``pddpm evaluate`` read it) that also holds the UNet's ``state_dict`` under ``"model"``: the key
+    that MONAI Label's ``BundleInferTask`` and MONAI's ``CheckpointLoader`` load into ``network_def``.
+
+    Args:
+        checkpoint: the training checkpoint.
+        out: the ``model.pt`` to write (atomically).
+
+    Returns:
+        ``out``.
+    """
+    state = read_checkpoint(checkpoint)
+    method = method_from_checkpoint(state, checkpoint)
+    exported = make_checkpoint(method, train_config=state.get("train_config"))
+    if "trainer" in state:
+        exported["trainer"] = state["trainer"]
+    network = getattr(method, "network", None)
+    if network is None:
+        raise InputError(checkpoint, f"method {method.name!r} has no single network to export")
+    exported[MODEL_KEY] = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    return save_checkpoint(exported, out)
+
+
 class VolumeScorer:
     """A trained method as a volume scorer on the model grid.
 
@@ -230,9 +260,7 @@ class VolumeScorer:
         slice_batch: int = 50,
         seed: int = 0,
     ) -> None:
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.method = method.to(self.device).eval()
         self.name = name
         self.slice_batch = slice_batch
