@@ -314,3 +314,59 @@ def test_run_preprocessing_and_splitting(tiny_root: Path, tmp_path: Path) -> Non
     run("splitting", config_file=str(CONFIGS / "preprocess.json"), data_root=str(copy), n_folds=2)
     assert (copy / "splits" / "IXI_train_fold1.csv").is_file()
     assert not (copy / "splits" / "IXI_train_fold2.csv").exists()
+
+
+# ------------------------------------------------------------------------- one training path (issue 16)
+#: ``pddpm train`` options equal to TRAIN_ARGS + CACHE_ARGS + TINY of the bundle runs
+CLI_TRAIN_ARGS = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "2",
+    "--val-slices",
+    "2",
+    "--cache",
+    "disk",
+    "--threads",
+    "1",
+]
+CLI_TINY = ["--channels", "8", "--channel-mult", "1", "2", "2", "--res-blocks", "1", "--groups", "4",
+            "--head-channels", "8"]  # fmt: skip
+
+
+def _cli_last(tiny_root: Path, out: Path, *args: str) -> dict:
+    from pddpm_monai import cli
+
+    assert cli.main(["train", "--data-root", str(tiny_root), "--out", str(out), *CLI_TRAIN_ARGS, *args]) == 0
+    return torch.load(out / "last.pt", weights_only=True)
+
+
+def _assert_same_run(cli_last: dict, bundle_last: dict) -> None:
+    assert cli_last["method"] == bundle_last["method"] and cli_last["config"] == bundle_last["config"]
+    assert cli_last["trainer"] == bundle_last["trainer"]
+    assert cli_last["network"].keys() == bundle_last["network"].keys()
+    for key, value in cli_last["network"].items():
+        assert torch.equal(value, bundle_last["network"][key]), key
+    for index, moments in cli_last["optimizer"]["state"].items():
+        assert torch.equal(moments["exp_avg_sq"], bundle_last["optimizer"]["state"][index]["exp_avg_sq"])
+    assert torch.equal(cli_last["rng"], bundle_last["rng"])
+
+
+@pytest.mark.slow
+def test_cli_and_bundle_training_give_the_same_weights(trained_bundle: Path, tiny_root: Path, tmp_path: Path):
+    """One epoch of pDDPM via ``pddpm train`` and via ``monai.bundle run training``: identical ``last.pt``."""
+    cli_last = _cli_last(tiny_root, tmp_path / "cli", *CLI_TINY)
+    bundle_last = torch.load(trained_bundle / "runs" / "fold0" / "last.pt", weights_only=True)
+    _assert_same_run(cli_last, bundle_last)
+    assert (tmp_path / "cli" / "train_config.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_baseline_trains_through_the_bundle_as_through_the_cli(tiny_root: Path, tmp_path: Path):
+    bundle = tmp_path / "bundle"
+    _run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.json",
+          "--meta_file", "configs/metadata.json", "--bundle_root", str(bundle), "--data_root", str(tiny_root),
+          "--method", "ae", *TRAIN_ARGS, *CACHE_ARGS])  # fmt: skip
+    bundle_last = torch.load(bundle / "runs" / "fold0" / "last.pt", weights_only=True)
+    assert bundle_last["method"] == "ae" and (bundle / "runs" / "fold0" / "train_config.json").is_file()
+    _assert_same_run(_cli_last(tiny_root, tmp_path / "cli", "--method", "ae"), bundle_last)
