@@ -2,7 +2,8 @@
 
 Thin wrappers: options left out keep the defaults of :class:`~pddpm_monai.engines.trainer.TrainConfig`
 and of the method's config dataclass (the one place where defaults live), so every option here
-defaults to ``None``. Heavy imports happen inside the commands so that ``pddpm --help`` stays fast.
+defaults to ``None``; the help texts read those defaults (``{default}``, filled by
+:func:`_fill_defaults`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import argparse
 import dataclasses
 from pathlib import Path
 from typing import Any
+
+from pddpm_monai.engines.trainer import TrainConfig
+from pddpm_monai.methods import METHODS
+from pddpm_monai.methods.config import config_to_dict
 
 #: ``pddpm train`` options that go to the method's config: option dest -> (dotted) config key
 METHOD_OPTIONS = {
@@ -36,8 +41,8 @@ METHOD_OPTIONS = {
     "gan_iterations": "gan_iterations",
 }
 
-#: the methods ``pddpm train`` offers (the keys of engines.methods.METHODS, without importing torch)
-TRAIN_METHODS = ("pddpm", "ddpm", "ae", "vae", "svae", "dae", "fanogan")
+#: the methods ``pddpm train`` offers
+TRAIN_METHODS = tuple(METHODS)
 
 #: ``pddpm train`` options that go to TrainConfig: option dest -> field
 TRAIN_OPTIONS = {
@@ -76,22 +81,26 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data-root", required=True, help="data root (Train/ixi, splits/)")
     p.add_argument("--out", required=True, help="output folder of the run")
-    p.add_argument("--fold", type=int, help="cross-validation fold 0-4 (default 0)")
-    p.add_argument("--method", choices=TRAIN_METHODS, help="method (default pddpm)")
-    p.add_argument("--patch-size", type=int, help="patch side on the 96x96 slices (default 48; pddpm)")
-    p.add_argument("--t-test", type=int, help="test timestep (default 500)")
-    p.add_argument("--sampling", choices=("fixed", "random"), help="training patch positions (default fixed)")
+    p.add_argument("--fold", type=int, help="cross-validation fold 0-4 (default {default})")
+    p.add_argument("--method", choices=TRAIN_METHODS, help="method (default {default})")
+    p.add_argument("--patch-size", type=int, help="patch side on the 96x96 slices (default {default}; pddpm)")
+    p.add_argument("--t-test", type=int, help="test timestep (default {default})")
+    p.add_argument(
+        "--sampling", choices=("fixed", "random"), help="training patch positions (default {default})"
+    )
     p.add_argument(
         "--patch-grid",
         choices=("overlap", "tile"),
-        help="patch grid when the patch does not divide 96 (default overlap; tile: the authors')",
+        help="patch grid when the patch does not divide 96 (default {default}; tile: the authors')",
     )
-    p.add_argument("--loss", choices=("patch", "full"), help="L_p (patch) or L_rec (full) (default patch)")
-    p.add_argument("--noise", choices=("simplex", "gaussian"), help="noise of q(x_t|x_0) (default simplex)")
+    p.add_argument(
+        "--loss", choices=("patch", "full"), help="L_p (patch) or L_rec (full) (default {default})"
+    )
+    p.add_argument("--noise", choices=("simplex", "gaussian"), help="noise of q(x_t|x_0) (default {default})")
     p.add_argument(
         "--schedule",
         choices=("cosine", "linear_beta", "scaled_linear_beta", "sigmoid_beta"),
-        help="noise schedule (default cosine, the authors' code; linear_beta is the paper's text)",
+        help="noise schedule (default {default}; cosine is the authors' code, linear_beta the paper's text)",
     )
     p.add_argument(
         "--noise-standardize",
@@ -99,46 +108,52 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="unit-variance simplex fields (the paper's text; default: the raw octave sum, the authors' code)",
     )
-    p.add_argument("--timesteps", type=int, help="number of diffusion timesteps T (default 1000)")
-    p.add_argument("--channels", type=int, help="UNet model channels (default 128)")
-    p.add_argument("--channel-mult", type=int, nargs="+", help="UNet channel multipliers (default 1 2 2)")
-    p.add_argument("--res-blocks", type=int, help="residual blocks per level (default 3)")
-    p.add_argument("--groups", type=int, help="GroupNorm groups (default 32)")
-    p.add_argument("--head-channels", type=int, help="channels per attention head (default 64)")
-    p.add_argument("--latent-size", type=int, help="latent size (default 128; ae, vae, svae, fanogan)")
+    p.add_argument("--timesteps", type=int, help="number of diffusion timesteps T (default {default})")
+    p.add_argument("--channels", type=int, help="UNet model channels (default {default})")
+    p.add_argument("--channel-mult", type=int, nargs="+", help="UNet channel multipliers (default {default})")
+    p.add_argument("--res-blocks", type=int, help="residual blocks per level (default {default})")
+    p.add_argument("--groups", type=int, help="GroupNorm groups (default {default})")
+    p.add_argument("--head-channels", type=int, help="channels per attention head (default {default})")
+    p.add_argument("--latent-size", type=int, help="latent size (default {default}; ae, vae, svae, fanogan)")
     p.add_argument(
         "--ae-channels",
         type=int,
         nargs="+",
-        help="channels per level (default 32 64 128 256; ae, vae, svae, dae, fanogan)",
+        help="channels per level (default {default}; ae, vae, svae, dae, fanogan)",
     )
-    p.add_argument("--beta", type=float, help="KL weight beta_VAE (default 0.001; vae, svae)")
-    p.add_argument("--context", type=int, help="neighbouring slices on each side (default 1; svae)")
+    p.add_argument("--beta", type=float, help="KL weight beta_VAE (default {default}; vae, svae)")
+    p.add_argument("--context", type=int, help="neighbouring slices on each side (default {default}; svae)")
     p.add_argument(
-        "--gan-iterations", type=int, help="WGAN-GP iterations before the encoder (default 8000; fanogan)"
+        "--gan-iterations",
+        type=int,
+        help="WGAN-GP iterations before the encoder (default {default}; fanogan)",
     )
-    p.add_argument("--epochs", type=int, help="epochs (default 1600)")
+    p.add_argument("--epochs", type=int, help="epochs (default {default})")
     p.add_argument(
         "--batch-size",
         type=_positive,
-        help="slices per batch (default 32; an epoch draws slices-per-volume x training volumes slices)",
+        help="slices per batch (default {default}; an epoch draws slices-per-volume x training volumes slices)",
     )
     p.add_argument(
         "--slices-per-volume",
         type=_positive,
-        help="training slices drawn per volume and epoch (default 1, the authors')",
+        help="training slices drawn per volume and epoch (default {default}, the authors')",
     )
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 0.0001, the authors' config)")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
-    p.add_argument("--seed", type=int, help="seed of all random draws (default 3141)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default {default}, the authors' config)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default {default})")
+    p.add_argument("--seed", type=int, help="seed of all random draws (default {default})")
     p.add_argument(
-        "--val-slices", type=int, help="validation slices per volume (default 10; 0 = every slice)"
+        "--val-slices", type=int, help="validation slices per volume (default {default}; 0 = every slice)"
     )
-    p.add_argument("--val-interval", type=int, help="validate every N epochs (default 1; 0 = never)")
-    p.add_argument("--cache", choices=("memory", "disk", "none"), help="volume cache (default memory)")
-    p.add_argument("--workers", type=int, help="DataLoader workers (default 0)")
-    p.add_argument("--checkpoint-every", type=int, help="also save last.pt every N iterations (default 0)")
-    p.add_argument("--image-interval", type=int, help="TensorBoard image grid every N epochs (default 10)")
+    p.add_argument("--val-interval", type=int, help="validate every N epochs (default {default}; 0 = never)")
+    p.add_argument("--cache", choices=("memory", "disk", "none"), help="volume cache (default {default})")
+    p.add_argument("--workers", type=int, help="DataLoader workers (default {default})")
+    p.add_argument(
+        "--checkpoint-every", type=int, help="also save last.pt every N iterations (default {default})"
+    )
+    p.add_argument(
+        "--image-interval", type=int, help="TensorBoard image grid every N epochs (default {default})"
+    )
     p.add_argument(
         "--amp", action="store_true", help="bf16 autocast on CUDA (default: fp32, as the authors train)"
     )
@@ -146,6 +161,32 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-empty-slices", action="store_true", help="draw only training slices with brain")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     p.set_defaults(func=run_train)
+    _fill_defaults(p)
+
+
+def _option_defaults() -> dict[str, Any]:
+    """``pddpm train`` option dest -> its default: TrainConfig's, else the first method config that has it."""
+    out = {dest: getattr(TrainConfig(), name) for dest, name in TRAIN_OPTIONS.items()}
+    configs = [config_to_dict(cls.config_class()) for cls in METHODS.values()]
+    for dest, key in METHOD_OPTIONS.items():
+        for config in configs:
+            node: Any = config
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is not None:
+                out[dest] = node
+                break
+    return out
+
+
+def _fill_defaults(parser: argparse.ArgumentParser) -> None:
+    """Write the dataclass defaults into the help texts' ``{default}``."""
+    defaults = _option_defaults()
+    for action in parser._actions:
+        if action.help and "{default}" in action.help:
+            value = defaults[action.dest]
+            text = " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+            action.help = action.help.replace("{default}", text)
 
 
 def _positive(text: str) -> int:

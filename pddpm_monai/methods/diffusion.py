@@ -28,6 +28,8 @@ from pddpm_monai.diffusion.process import (
     patch_l1_loss,
 )
 from pddpm_monai.inferers import DiffusionReconstructionInferer, PatchedDiffusionInferer
+from pddpm_monai.inferers.patched import DEFAULT_PATCH_SIZE
+from pddpm_monai.inferers.reconstruction import DEFAULT_T_TEST
 from pddpm_monai.methods.base import Method, StepOutput, eval_mode, register_method
 from pddpm_monai.networks import DiffusionUNet
 
@@ -88,12 +90,12 @@ class PDDPMConfig:
 
     network: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    patch_size: int = 48
+    patch_size: int = DEFAULT_PATCH_SIZE
     sampling: PatchSampling = "fixed"
     patch_grid: PatchGrid = "overlap"
     loss: PatchLoss = "patch"
     loss_reduction: LossReduction = "image"
-    t_test: int = 500
+    t_test: int = DEFAULT_T_TEST
     max_batch: int = 64
 
     def __post_init__(self) -> None:
@@ -119,7 +121,7 @@ class DDPMConfig:
 
     network: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    t_test: int = 500
+    t_test: int = DEFAULT_T_TEST
     max_batch: int = 64
 
     def __post_init__(self) -> None:
