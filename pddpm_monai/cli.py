@@ -8,7 +8,6 @@ stderr with a non-zero exit code (``--debug`` shows the traceback instead).
 from __future__ import annotations
 
 import argparse
-import importlib
 import io
 import os
 import sys
@@ -18,18 +17,24 @@ import SimpleITK as sitk
 import torch
 
 from pddpm_monai import __version__
+from pddpm_monai.data import commands as data_commands
+from pddpm_monai.data.synthetic import commands as synthetic_commands
+from pddpm_monai.engines import commands as engines_commands
+from pddpm_monai.evaluation import ablation
+from pddpm_monai.evaluation import commands as evaluation_commands
 from pddpm_monai.inferers.precision import PRECISIONS, get_inference_precision, set_inference_precision
+from pddpm_monai.pipeline import commands as pipeline_commands
 from pddpm_monai.threads import THREADS_ENV, set_threads
-from pddpm_monai.utils import PddpmError
+from pddpm_monai.utils import EXIT_USER_ERROR, PddpmError
 
-#: modules whose ``add_commands(subparsers)`` register the ``pddpm`` verbs, in help order
-COMMAND_MODULES: tuple[str, ...] = (
-    "pddpm_monai.data.synthetic.commands",  # synth
-    "pddpm_monai.data.commands",  # preprocess, splits, fetch-atlas
-    "pddpm_monai.engines.commands",  # train, reconstruct
-    "pddpm_monai.evaluation.commands",  # evaluate, table
-    "pddpm_monai.evaluation.ablation",  # ablate
-    "pddpm_monai.pipeline.commands",  # detect, demo
+#: the modules whose ``add_commands(subparsers)`` register the ``pddpm`` verbs, in help order
+COMMAND_MODULES = (
+    synthetic_commands,  # synth
+    data_commands,  # preprocess, splits, fetch-atlas
+    engines_commands,  # train, reconstruct
+    evaluation_commands,  # evaluate, table
+    ablation,  # ablate
+    pipeline_commands,  # detect, demo
 )
 
 #: the verbs that compute on the CPU and take ``--threads`` (see :mod:`pddpm_monai.threads`)
@@ -46,8 +51,6 @@ THREADED_COMMANDS: tuple[str, ...] = (
 #: the verbs that run diffusion inference and take ``--precision`` (see :mod:`pddpm_monai.inferers.precision`)
 PRECISION_COMMANDS: tuple[str, ...] = ("reconstruct", "evaluate", "ablate", "detect", "demo")
 
-EXIT_USER_ERROR = 2
-
 
 class _Parser(argparse.ArgumentParser):
     """ArgumentParser whose usage errors are one line (no usage dump), exit code 2."""
@@ -63,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pddpm-monai {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_commands(sub)
+    for module in COMMAND_MODULES:
+        module.add_commands(sub)
     for name in THREADED_COMMANDS:
         sub.choices[name].add_argument(
             "--threads",

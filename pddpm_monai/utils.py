@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 
 __all__ = [
+    "EXIT_USER_ERROR",
     "resolve_device",
     "PddpmError",
     "InputError",
@@ -31,6 +32,9 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
 ]
+
+#: exit code of a user error (bad input, bad option): one line on stderr, as argparse's errors
+EXIT_USER_ERROR = 2
 
 
 class PddpmError(Exception):

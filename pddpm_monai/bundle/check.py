@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pddpm_monai.utils import InputError, PddpmError
+from pddpm_monai.utils import EXIT_USER_ERROR, InputError, PddpmError
 
 __all__ = ["RUN_OPTIONS", "parse_cli", "known_ids", "check_overrides", "check_data_root", "check", "main"]
 
@@ -35,7 +35,6 @@ __all__ = ["RUN_OPTIONS", "parse_cli", "known_ids", "check_overrides", "check_da
 RUN_OPTIONS = ("config_file", "meta_file", "logging_file", "args_file", "init_id", "final_id", "tracking")
 #: run ids whose config reads a data root
 DATA_ROOT_RUNS = ("training", "evaluating")
-EXIT_USER_ERROR = 2
 USAGE = "usage: python -m pddpm_monai.bundle.check {run,check} RUN_ID --config_file FILE [--key value ...]"
 
 

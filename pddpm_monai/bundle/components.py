@@ -28,8 +28,10 @@ import torch
 
 from pddpm_monai.data.prepare import parse_shard, run_preprocess
 from pddpm_monai.diffusion.patches import patch_masks
+from pddpm_monai.engines.handlers import LOGGER_NAME
 from pddpm_monai.evaluation.evaluate import evaluate_method
 from pddpm_monai.evaluation.table import write_table
+from pddpm_monai.evaluation.threshold import read_threshold_file
 from pddpm_monai.inferers import DiffusionReconstructionInferer, PatchedDiffusionInferer
 from pddpm_monai.methods.checkpoint import method_from_checkpoint, read_checkpoint
 from pddpm_monai.networks.patched_anomaly import PatchedAnomalyUNet
@@ -51,7 +53,6 @@ __all__ = [
 
 #: file (beside ``model.pt``) in which ``run evaluating`` stores the validation thresholds
 THRESHOLD_FILE = "threshold.json"
-LOGGER_NAME = "pddpm"
 
 
 def inference_items(image: str | None = None, dataset_dir: str | None = None) -> list[dict[str, str]]:
@@ -233,13 +234,7 @@ def read_threshold(
         InputError: when neither the file (with that dataset) nor a default is available.
     """
     if path is not None and Path(path).is_file():
-        try:
-            entry = json.loads(Path(path).read_text(encoding="utf-8"))[dataset]
-            return float(entry["threshold"] if isinstance(entry, Mapping) else entry)
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
-            raise InputError(
-                path, f"no threshold for dataset {dataset!r} ({type(err).__name__}: {err})"
-            ) from None
+        return read_threshold_file(path, dataset)
     if default is not None:
         logging.getLogger(LOGGER_NAME).warning(
             "no validated threshold in %s: using the default %s (run `run evaluating` for a validated one)",

@@ -12,9 +12,14 @@ authors' search and :func:`brute_force_threshold` the definition, for tests and 
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from pddpm_monai.utils import InputError
 
 __all__ = [
     "ThresholdResult",
@@ -24,6 +29,7 @@ __all__ = [
     "interval_halving_threshold",
     "fpr_threshold",
     "ValidationPool",
+    "read_threshold_file",
 ]
 
 
@@ -229,3 +235,30 @@ class ValidationPool:
             return np.array([self.floor, self.floor + 1.0])
         edges = np.unique(np.quantile(s, np.linspace(0.0, 1.0, n_bins + 1)))
         return np.r_[self.floor, edges] if edges[0] > self.floor else edges
+
+
+def read_threshold_file(path: str | os.PathLike, dataset: str = "brats21") -> float:
+    """The threshold of ``dataset`` in a thresholds file: the one reader of ``pddpm detect`` and the bundle.
+
+    Accepts what ``pddpm evaluate`` writes (``thresholds.json``: ``{dataset: {"threshold": t, ...}}``),
+    what the bundle's ``run evaluating`` writes (``models/threshold.json``, same form), a bare
+    ``{"threshold": t}`` and ``{dataset: t}``; a file with a single dataset serves any ``dataset``.
+
+    Raises:
+        InputError: naming ``path`` when it is unreadable or has no threshold for ``dataset``.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(path, f"not a readable thresholds JSON ({err})") from None
+    if isinstance(data, dict) and isinstance(data.get("threshold"), int | float):
+        return float(data["threshold"])
+    if not isinstance(data, dict) or not data:
+        raise InputError(path, "expected {dataset: {threshold: ...}} as written by `pddpm evaluate`")
+    entry = data.get(dataset)
+    if entry is None and len(data) == 1:
+        entry = next(iter(data.values()))
+    value = entry.get("threshold") if isinstance(entry, dict) else entry
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(path, f"no threshold for dataset {dataset!r} (has: {', '.join(sorted(data))})")
+    return float(value)

@@ -52,6 +52,7 @@ from scipy import ndimage
 
 from pddpm_monai import __version__
 from pddpm_monai.evaluation.postprocess import PostprocessConfig, binarize, postprocess_anomaly_map
+from pddpm_monai.evaluation.threshold import read_threshold_file
 from pddpm_monai.transforms.loading import ModelGridConfig
 from pddpm_monai.transforms.preprocess import Device, PreprocessConfig, to_native
 from pddpm_monai.transforms.scan_io import read_scan, scan_as_nifti
@@ -202,24 +203,6 @@ def bundle_atlas(bundle_dir: str | os.PathLike) -> str | None:
 # --------------------------------------------------------------------------------------- threshold
 
 
-def _threshold_from_file(path: Path, dataset: str) -> float:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(path, f"not a readable thresholds JSON ({err})") from None
-    if isinstance(data, dict) and isinstance(data.get("threshold"), int | float):
-        return float(data["threshold"])
-    if not isinstance(data, dict) or not data:
-        raise InputError(path, "expected {dataset: {threshold: ...}} as written by `pddpm evaluate`")
-    entry = data.get(dataset)
-    if entry is None and len(data) == 1:
-        entry = next(iter(data.values()))
-    value = entry.get("threshold") if isinstance(entry, dict) else entry
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(path, f"no threshold for dataset {dataset!r} (has: {', '.join(sorted(data))})")
-    return float(value)
-
-
 def resolve_threshold(
     checkpoint: str | os.PathLike,
     *,
@@ -252,11 +235,11 @@ def resolve_threshold(
         path = Path(thresholds_file)
         if not path.is_file():
             raise InputError(path, "thresholds file not found")
-        return _threshold_from_file(path, dataset), f"{path} ({dataset} validation)"
+        return read_threshold_file(path, dataset), f"{path} ({dataset} validation)"
     for name in THRESHOLD_FILES:
         path = Path(checkpoint).parent / name
         if path.is_file():
-            return _threshold_from_file(path, dataset), f"{path} ({dataset} validation)"
+            return read_threshold_file(path, dataset), f"{path} ({dataset} validation)"
     raise InputError(
         checkpoint,
         "no threshold: pass --threshold VALUE, or --thresholds RUN/thresholds.json written by "
