@@ -198,13 +198,13 @@ class _StepModule(nn.Module):
 
 
 class DistributedTrainingStep(TrainingStep):
-    """:class:`~pddpm_monai.bundle.components.TrainingStep` whose forward pass runs through DDP.
+    """:class:`~pddpm_monai.engines.steps.TrainingStep` whose forward pass runs through DDP.
 
     The method's weights are broadcast from rank 0 when this is built, and gradients are averaged
     over the ranks in ``backward``. Checkpoints keep saving ``method`` itself (no ``module.``
     prefixes). Methods with a custom ``train_iteration`` (several optimisers) are not supported.
 
-    Args: as :class:`~pddpm_monai.bundle.components.TrainingStep`.
+    Args: as :class:`~pddpm_monai.engines.steps.TrainingStep`.
     """
 
     def __init__(
@@ -225,13 +225,9 @@ class DistributedTrainingStep(TrainingStep):
         self.ddp = DistributedDataParallel(_StepModule(method), device_ids=ids)
 
     def step(self, images: Tensor) -> StepOutput:
-        self.method.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            out = self.ddp(images, self.generator)
-        out.loss.backward()
-        self.optimizer.step()
-        return StepOutput(out.loss.detach(), {k: v.detach() for k, v in out.images.items()})
+        return self.method.train_iteration(
+            images, self.optimizer, generator=self.generator, autocast=self.autocast(), forward=self.ddp
+        )
 
 
 def read_rank_records(record_dir: str | os.PathLike) -> dict[int, list[str]]:

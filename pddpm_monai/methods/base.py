@@ -126,6 +126,7 @@ class Method(nn.Module, ABC):
         *,
         generator: torch.Generator | None = None,
         autocast: contextlib.AbstractContextManager | None = None,
+        forward: Callable[[Tensor, torch.Generator | None], StepOutput] | None = None,
     ) -> StepOutput:
         """One optimisation step: zero grads, :meth:`training_step`, backward, step.
 
@@ -136,6 +137,8 @@ class Method(nn.Module, ABC):
             optimizer: from :meth:`configure_optimizer`.
             generator: CPU generator of the step's random draws.
             autocast: context for mixed precision of the forward pass (``None``: full precision).
+            forward: what computes the step output (``None``: :meth:`training_step`; DDP passes its
+                wrapper so that gradients are averaged over the ranks).
 
         Returns:
             the step output with the loss detached.
@@ -143,7 +146,7 @@ class Method(nn.Module, ABC):
         self.train()
         optimizer.zero_grad(set_to_none=True)
         with autocast if autocast is not None else contextlib.nullcontext():
-            out = self.training_step(images, generator)
+            out = (forward or self.training_step)(images, generator)
         out.loss.backward()
         optimizer.step()
         return StepOutput(out.loss.detach(), {k: v.detach() for k, v in out.images.items()})
