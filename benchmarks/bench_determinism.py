@@ -37,19 +37,19 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from pddpm_monai.data.atlas import resolve_atlas
-from pddpm_monai.transforms.preprocess import (
+from pddpm_monai.data.prepare import load_subject
+from pddpm_monai.transforms import (
     CropToBraind,
     PreprocessConfig,
     RegisterToAtlasd,
     ResampleToSpacingd,
     SkullStripd,
     array_to_sitk,
-    load_subject,
     n4_correct,
     register_affine,
     sitk_to_array,
 )
+from pddpm_monai.transforms.atlas import resolve_atlas
 
 ROOT = Path(__file__).resolve().parents[1]
 SCAN = Path("healthy") / "T2w_head.nii.gz"
@@ -57,9 +57,9 @@ SCAN = Path("healthy") / "T2w_head.nii.gz"
 #: a child process: preprocess the scan, save the arrays and the record, print their digest
 CHILD = """
 import json, sys, numpy as np
-from pddpm_monai.data.atlas import resolve_atlas
+from pddpm_monai.transforms.atlas import resolve_atlas
 from pddpm_monai.threads import set_threads
-from pddpm_monai.transforms.preprocess import preprocess_scan
+from pddpm_monai.data.prepare import preprocess_scan
 set_threads(int(sys.argv[3]))
 t2, mask, affine, record = preprocess_scan(sys.argv[1], atlas=resolve_atlas(sys.argv[2]), skull_stripped=False)
 np.savez(sys.argv[4], t2=t2, mask=mask, affine=affine)

@@ -23,8 +23,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from pddpm_monai.data.atlas import resolve_atlas
-from pddpm_monai.transforms.preprocess import (
+from pddpm_monai.data.prepare import load_subject
+from pddpm_monai.transforms import (
     BrainMaskFromImaged,
     CropToBraind,
     N4BiasCorrection,
@@ -35,10 +35,10 @@ from pddpm_monai.transforms.preprocess import (
     SkullStrip,
     SkullStripd,
     array_to_sitk,
-    load_subject,
     n4_correct,
     sitk_to_array,
 )
+from pddpm_monai.transforms.atlas import resolve_atlas
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -588,7 +588,7 @@ def run_preprocessing(
         workers: subjects in parallel.
         shard: ``"i/n"``: this machine's share of the subjects (``None``: all).
         device: HD-BET device.
-        config: a :class:`~pddpm_monai.transforms.preprocess.PreprocessConfig` (``None``: defaults).
+        config: a :class:`~pddpm_monai.transforms.config.PreprocessConfig` (``None``: defaults).
         progress: show a progress bar.
 
     Returns:
@@ -598,7 +598,7 @@ def run_preprocessing(
         PddpmError: when a subject failed (each failure is listed in the log; finished subjects stay).
     """
     from pddpm_monai.data.prepare import parse_shard, run_preprocess
-    from pddpm_monai.transforms.preprocess import PreprocessConfig
+    from pddpm_monai.transforms.config import PreprocessConfig
     from pddpm_monai.utils import PddpmError
 
     if raw_dir in (None, "") or not Path(raw_dir).is_dir():

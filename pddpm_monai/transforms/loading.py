@@ -43,7 +43,7 @@ __all__ = [
     "MaskedPercentileRescale",
     "MaskedPercentileRescaled",
     "ValidateVolumed",
-    "Binarized",
+    "BinarizeLabelsd",
     "model_grid_transforms",
     "InputCheckedCompose",
 ]
@@ -213,8 +213,12 @@ class ValidateVolumed(MapTransform):
         return d
 
 
-class Binarized(MapTransform):
-    """Set the given label maps to ``float(x > 0)`` (any BraTS label > 0 is tumour)."""
+class BinarizeLabelsd(MapTransform):
+    """Set the given label maps to ``float(x > 0)`` (any BraTS label > 0 is tumour).
+
+    Not MONAI's ``AsDiscreted(threshold=t)``, which keeps ``x >= t``: no ``t`` gives ``x > 0`` for
+    every float input.
+    """
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
@@ -287,7 +291,7 @@ def model_grid_transforms(
         if labels:
             steps.append(_RelativeSpacingd(labels, factor, "nearest"))
     if labels:
-        steps.append(Binarized(labels, allow_missing_keys=True))
+        steps.append(BinarizeLabelsd(labels, allow_missing_keys=True))
     return InputCheckedCompose(steps)
 
 
