@@ -1,4 +1,4 @@
-"""Running the §4.1 chain on files: one scan (``pddpm detect``) or a raw dataset into a data root (``pddpm preprocess``).
+"""The §4.1 chain on files: one scan (``pddpm detect``), a raw dataset into a data root (``pddpm preprocess``).
 
 :func:`load_subject` reads and validates a scan (and its seg) into the dict the chain
 (:func:`~pddpm_monai.transforms.chain.preprocessing_transforms`) takes; :func:`preprocess_scan`
@@ -24,7 +24,6 @@ from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
-from monai.transforms import Compose
 
 from pddpm_monai.data.adapters import DATASETS, Subject, find_subjects, output_paths
 from pddpm_monai.threads import resolve_threads
@@ -35,7 +34,6 @@ from pddpm_monai.transforms.sitk_convert import RECORD_KEY, to_metatensor, unpac
 from pddpm_monai.utils import InputError, PddpmError, atomic_path, check_same_grid, read_nifti, save_json
 
 __all__ = [
-    "run_chain",
     "load_subject",
     "preprocess_scan",
     "Summary",
@@ -47,19 +45,6 @@ __all__ = [
 
 Status = Literal["done", "skipped", "failed"]
 OUTPUT_DTYPES = {"t2": np.float32, "mask": np.uint8, "seg": np.uint8}
-
-
-def run_chain(chain: Compose, data: dict) -> dict:
-    """Apply ``chain``; a user-facing error raised inside it surfaces as itself (MONAI wraps it in a RuntimeError)."""
-    try:
-        return chain(data)
-    except RuntimeError as err:
-        cause: BaseException | None = err
-        while cause is not None and not isinstance(cause, PddpmError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise
 
 
 def load_subject(
@@ -103,11 +88,10 @@ def preprocess_scan(
         seg given by ``seg_path`` follows the chain; use
         :func:`~pddpm_monai.transforms.chain.preprocessing_transforms` directly to get it back.)
     """
-    d = load_subject(image_path, seg_path)
     chain = preprocessing_transforms(
         atlas, skull_stripped=skull_stripped, in_atlas_space=in_atlas_space, device=device, config=config
     )
-    d = run_chain(chain, d)
+    d = chain(load_subject(image_path, seg_path))
     d[RECORD_KEY]["config"] = dataclasses.asdict(config)
     t2, aff = unpack(d["t2"])
     mask = unpack(d["mask"])[0].astype(np.uint8)
@@ -165,7 +149,7 @@ def process_subject(
     data_root: str | os.PathLike,
     atlas: Atlas,
     *,
-    device: Literal["cpu", "cuda"] = "cpu",
+    device: Device = "cpu",
     config: PreprocessConfig = PreprocessConfig(),
 ) -> Status:
     """Preprocess one subject into the data root (skip it when finished).
@@ -177,7 +161,6 @@ def process_subject(
     if is_finished(paths):
         return "skipped"
     spec = DATASETS[subject.dataset]
-    d = load_subject(subject.image, subject.seg)
     chain = preprocessing_transforms(
         atlas,
         skull_stripped=spec.skull_stripped,
@@ -185,7 +168,7 @@ def process_subject(
         device=device,
         config=config,
     )
-    d = run_chain(chain, d)
+    d = chain(load_subject(subject.image, subject.seg))
     record = dict(d[RECORD_KEY])
     t2 = d["t2"]
     affine = np.asarray(t2.affine, dtype=np.float64)

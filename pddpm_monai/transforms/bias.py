@@ -57,7 +57,6 @@ from pddpm_monai.transforms.sitk_convert import (
     RECORD_KEY,
     metatensor_to_sitk,
     sitk_to_metatensor,
-    step_record,
 )
 
 __all__ = [
@@ -124,7 +123,7 @@ def n4_correct(
     iterations: Sequence[int] = (50, 50, 50, 50),
     control_points: int = 4,
 ) -> sitk.Image:
-    """N4 bias field correction inside ``mask`` (the authors' masked N4); fitted on a grid shrunk by ``shrink``.
+    """The authors' masked N4 bias field correction inside ``mask``, fitted on a grid shrunk by ``shrink``.
 
     The log field is evaluated at full resolution and divided out (``image / exp(field)``), so the
     output keeps the input grid; voxels outside the mask are set to 0.
@@ -233,8 +232,8 @@ class N4BiasCorrection(Transform):
 
     def __call__(self, img: MetaTensor, mask: MetaTensor) -> MetaTensor:
         out = n4_correct(
-            metatensor_to_sitk(img), metatensor_to_sitk(mask), shrink=self.shrink, iterations=self.iterations,
-            control_points=self.control_points,
+            metatensor_to_sitk(img), metatensor_to_sitk(mask), shrink=self.shrink,
+            iterations=self.iterations, control_points=self.control_points,
         )  # fmt: skip
         return sitk_to_metatensor(out, np.float32)
 
@@ -259,7 +258,7 @@ class N4BiasCorrectiond(MapTransform):
         start = time.perf_counter()
         for key in self.key_iterator(d):
             d[key] = self.corrector(d[key], d[self.mask_key])
-        rec = step_record(d, self.record_key)
+        rec = d.setdefault(self.record_key, {})
         rec.setdefault("steps", []).append("n4")
         rec.setdefault("seconds", {})["n4"] = round(time.perf_counter() - start, 2)
         return d
@@ -291,8 +290,8 @@ class RobustN4BiasCorrection(N4BiasCorrection):
 
     def __call__(self, img: MetaTensor, mask: MetaTensor) -> MetaTensor:
         out = robust_n4_correct(
-            metatensor_to_sitk(img), metatensor_to_sitk(mask), shrink=self.shrink, iterations=self.iterations,
-            control_points=self.control_points, coarse_levels=self.coarse_levels,
+            metatensor_to_sitk(img), metatensor_to_sitk(mask), shrink=self.shrink,
+            iterations=self.iterations, control_points=self.control_points, coarse_levels=self.coarse_levels,
             exclude_above=self.exclude_above, dilate_mm=self.dilate_mm,
         )  # fmt: skip
         return sitk_to_metatensor(out, np.float32)

@@ -20,10 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 import nibabel as nib
-from monai.transforms import Compose
 
 from pddpm_monai.transforms.bias import N4BiasCorrectiond, bias_corrector
 from pddpm_monai.transforms.config import Device, PreprocessConfig
+from pddpm_monai.transforms.loading import InputCheckedCompose
 from pddpm_monai.transforms.registration import RegisterToAtlasd
 from pddpm_monai.transforms.skull_strip import BrainMaskFromImaged, SkullStrip, SkullStripd
 from pddpm_monai.transforms.spatial import CropToBraind, ResampleToSpacingd
@@ -41,8 +41,8 @@ def preprocessing_transforms(
     image_key: str = "t2",
     mask_key: str = "mask",
     seg_key: str = "seg",
-) -> Compose:
-    """The §4.1 chain as a MONAI :class:`~monai.transforms.Compose` over ``{t2, [seg], record}`` dicts.
+) -> InputCheckedCompose:
+    """The §4.1 chain as a ``Compose`` over ``{t2, [seg], record}`` dicts (user errors raised unwrapped).
 
     Args:
         atlas: the registration target (:class:`~pddpm_monai.transforms.atlas.Atlas`).
@@ -68,4 +68,4 @@ def preprocessing_transforms(
         )
     chain.append(CropToBraind(keys, mask_key=mask_key, roi_size=config.roi_size))
     chain.append(N4BiasCorrectiond(image_key, mask_key=mask_key, corrector=bias_corrector(config)))
-    return Compose(chain)
+    return InputCheckedCompose(chain)

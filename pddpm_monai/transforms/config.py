@@ -1,4 +1,4 @@
-"""Every setting of the paper-§4.1 preprocessing chain (:class:`PreprocessConfig`) and the HD-BET device type."""
+"""Every setting of the §4.1 preprocessing chain (:class:`PreprocessConfig`) and the HD-BET device type."""
 
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ from monai.transforms import (
     Transform,
 )
 
-from pddpm_monai.utils import InputError
+from pddpm_monai.utils import InputError, PddpmError
 
 __all__ = [
     "ModelGridConfig",
@@ -228,10 +228,11 @@ class BinarizeLabelsd(MapTransform):
 
 
 class InputCheckedCompose(Compose):
-    """A ``Compose`` that re-raises :class:`~pddpm_monai.utils.InputError` unwrapped.
+    """A ``Compose`` that re-raises a :class:`~pddpm_monai.utils.PddpmError` unwrapped.
 
     MONAI wraps every exception raised inside a transform in ``RuntimeError("applying transform
-    ...")``; for user-facing bad-input errors we want the one-line message itself.
+    ...")``; for user-facing errors (bad input, a failed registration) we want the one-line
+    message itself.
     """
 
     def __call__(self, input_, *args, **kwargs):
@@ -239,7 +240,7 @@ class InputCheckedCompose(Compose):
             return super().__call__(input_, *args, **kwargs)
         except RuntimeError as err:
             cause = err
-            while cause is not None and not isinstance(cause, InputError):
+            while cause is not None and not isinstance(cause, PddpmError):
                 cause = cause.__cause__
             if cause is None:
                 raise

@@ -19,7 +19,6 @@ from pddpm_monai.transforms.sitk_convert import (
     Interp,
     array_to_sitk,
     interpolator,
-    reference_image,
     sitk_to_array,
 )
 from pddpm_monai.utils import InputError
@@ -48,7 +47,7 @@ def to_native(
         raise InputError("volume", f"shape {arr.shape} is not the preprocessed grid {tuple(root['shape'])}")
     moving = array_to_sitk(arr, np.asarray(root["affine"]))
     native = record["native"]
-    reference = reference_image(native["shape"], np.asarray(native["affine"]))
+    reference = array_to_sitk(np.zeros(native["shape"], np.uint8), np.asarray(native["affine"]))
     forward = transform_from_record(record.get("registration"))
     inverse = forward.GetInverse() if record.get("registration") else forward
     out = sitk.Resample(moving, reference, inverse, interpolator(mode), 0.0, sitk.sitkFloat32)

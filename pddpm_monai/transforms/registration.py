@@ -28,7 +28,6 @@ from pddpm_monai.transforms.sitk_convert import (
     metatensor_to_sitk,
     sitk_to_metatensor,
     source_of,
-    step_record,
     unpack,
 )
 from pddpm_monai.utils import PddpmError
@@ -194,7 +193,7 @@ class RegisterToAtlasd(MapTransform):
             src = metatensor_to_sitk(d[key])
             out = sitk.Resample(src, fixed, tx, interpolator(mode), 0.0, src.GetPixelID())
             d[key] = sitk_to_metatensor(out)
-        rec = step_record(d, self.record_key)
+        rec = d.setdefault(self.record_key, {})
         qc = self._check(d, metric, source_of(d, self.record_key))
         rec["registration"] = {**transform_record(tx), "metric": metric, **qc}
         rec["atlas_grid"] = grid_of(fixed)

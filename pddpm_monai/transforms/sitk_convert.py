@@ -1,4 +1,4 @@
-"""Conversions between nibabel-ordered arrays, SimpleITK images and MONAI ``MetaTensor`` s, and the step record.
+"""Conversion between nibabel-ordered arrays, SimpleITK images and MONAI ``MetaTensor`` s; the record.
 
 The preprocessing steps hold their logic in functions on SimpleITK images and run as MONAI
 dictionary transforms on channel-first ``(1, X, Y, Z)`` :class:`monai.data.MetaTensor` values whose
@@ -11,7 +11,7 @@ Each step appends what it did to a plain-JSON record (``d[RECORD_KEY]``) that
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -28,11 +28,8 @@ __all__ = [
     "unpack",
     "metatensor_to_sitk",
     "sitk_to_metatensor",
-    "affine_of",
     "grid_of",
-    "reference_image",
     "interpolator",
-    "step_record",
     "source_of",
 ]
 
@@ -57,7 +54,7 @@ def array_to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
 
 def sitk_to_array(img: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     """``(array (X, Y, Z), RAS affine)`` of a SimpleITK image (inverse of :func:`array_to_sitk`)."""
-    return sitk.GetArrayFromImage(img).transpose(2, 1, 0), affine_of(img)
+    return sitk.GetArrayFromImage(img).transpose(2, 1, 0), _affine_of(img)
 
 
 def to_metatensor(array: np.ndarray, affine: np.ndarray) -> MetaTensor:
@@ -86,8 +83,7 @@ def sitk_to_metatensor(img: sitk.Image, dtype: type | None = None) -> MetaTensor
     return to_metatensor(arr if dtype is None else arr.astype(dtype), aff)
 
 
-def affine_of(img: sitk.Image) -> np.ndarray:
-    """The RAS affine of a SimpleITK image."""
+def _affine_of(img: sitk.Image) -> np.ndarray:
     lps = np.eye(4)
     lps[:3, :3] = np.asarray(img.GetDirection()).reshape(3, 3) @ np.diag(img.GetSpacing())
     lps[:3, 3] = img.GetOrigin()
@@ -96,27 +92,12 @@ def affine_of(img: sitk.Image) -> np.ndarray:
 
 def grid_of(img: sitk.Image) -> dict[str, list]:
     """The plain-JSON grid of an image: ``{"shape", "affine"}``."""
-    return {"shape": list(img.GetSize()), "affine": affine_of(img).tolist()}
-
-
-def reference_image(shape: Sequence[int], affine: np.ndarray) -> sitk.Image:
-    """An empty image of ``shape`` with the geometry of a RAS ``affine`` (a resampling target)."""
-    ref = array_to_sitk(np.zeros((1, 1, 1), np.uint8), affine)
-    out = sitk.Image([int(s) for s in shape], sitk.sitkUInt8)
-    out.SetSpacing(ref.GetSpacing())
-    out.SetDirection(ref.GetDirection())
-    out.SetOrigin(ref.GetOrigin())
-    return out
+    return {"shape": list(img.GetSize()), "affine": _affine_of(img).tolist()}
 
 
 def interpolator(mode: Interp) -> int:
     """The SimpleITK interpolator of ``mode``."""
     return sitk.sitkNearestNeighbor if mode == "nearest" else sitk.sitkLinear
-
-
-def step_record(d: dict, key: str = RECORD_KEY) -> dict:
-    """The record of data dict ``d`` (created empty when absent)."""
-    return d.setdefault(key, {})
 
 
 def source_of(d: Mapping, key: str = RECORD_KEY) -> str:

@@ -28,7 +28,6 @@ from pddpm_monai.transforms.sitk_convert import (
     metatensor_to_sitk,
     sitk_to_metatensor,
     source_of,
-    step_record,
     to_metatensor,
     unpack,
 )
@@ -119,12 +118,8 @@ class SkullStrip(Transform):
         tta: bool = False,
         largest_component: bool = True,
     ):
-        self.device, self.folds, self.tta, self.largest_component = (
-            device,
-            tuple(folds),
-            tta,
-            largest_component,
-        )
+        self.device, self.folds = device, tuple(folds)
+        self.tta, self.largest_component = tta, largest_component
 
     def __call__(self, img: MetaTensor) -> MetaTensor:
         mask = hd_bet_mask(
@@ -166,7 +161,7 @@ class SkullStripd(MapTransform):
         d[self.mask_key] = mask
         for key in self.key_iterator(d):
             d[key] = d[key] * (mask > 0)
-        rec = step_record(d, self.record_key)
+        rec = d.setdefault(self.record_key, {})
         rec.setdefault("steps", []).append("skull_strip")
         rec.setdefault("seconds", {})["skull_strip"] = round(time.perf_counter() - start, 2)
         return d

@@ -11,14 +11,16 @@ with ``Invertd`` (checked 2026-12-02, MONAI 1.6.1), because:
 - the numbers would change: ``Spacingd`` spans the voxel centres (``(n - 1) * s + 1`` samples)
   where :func:`resample_to_spacing` keeps the extent (``round(n * s)``), e.g. 119 instead of 120
   slices for the 2 mm-slice head scan of ``shared/data/healthy``, and its interpolation differs by
-  up to 8e-6 (relative) on the common voxels; the registration that follows moves accordingly;
+  up to 8e-6 (relative) on the common voxels, so every later step (registration included) would see
+  other input;
 - the way back is one resampling: :func:`~pddpm_monai.transforms.native.to_native` composes crop,
   registration and resampling into one SimpleITK ``Resample`` from the data-root grid to the native
   grid, where ``Invertd`` would interpolate twice (the registration's inverse onto the 1 mm grid,
   then ``Spacingd``'s inverse), and the registration (SimpleITK) has no MONAI inverse anyway;
-- the crop needs a box at any start (below 0 or past the end: zero padding), which MONAI spells as
-  ``BorderPad`` then ``SpatialCrop`` (two affine updates) for what :func:`crop_or_pad` does in one
-  slice assignment.
+- the crop needs a box at any start (below 0 or past the end: zero padding); MONAI's ``BorderPad``
+  then ``SpatialCrop`` give the same values and affine bit for bit, but its inverse must still come
+  from the JSON record, so they would replace :func:`crop_or_pad`'s one slice assignment without
+  removing any of the record.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from pddpm_monai.transforms.sitk_convert import (
     metatensor_to_sitk,
     sitk_to_metatensor,
     source_of,
-    step_record,
     to_metatensor,
     unpack,
 )
@@ -112,16 +113,12 @@ class ResampleToSpacingd(MapTransform):
         allow_missing_keys: bool = True,
     ):
         super().__init__(keys, allow_missing_keys)
-        self.spacing, self.axcodes, self.label_keys, self.record_key = (
-            spacing,
-            axcodes,
-            label_keys,
-            record_key,
-        )
+        self.spacing, self.axcodes = spacing, axcodes
+        self.label_keys, self.record_key = label_keys, record_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
-        rec = step_record(d, self.record_key)
+        rec = d.setdefault(self.record_key, {})
         for key in self.key_iterator(d):
             img = metatensor_to_sitk(d[key])
             rec.setdefault("native", grid_of(img))
@@ -168,7 +165,7 @@ class CropToBraind(MapTransform):
             d[key] = to_metatensor(*crop_or_pad(arr, aff, start, self.roi_size))
         shift = np.eye(4)
         shift[:3, 3] = start
-        rec = step_record(d, self.record_key)
+        rec = d.setdefault(self.record_key, {})
         rec["crop"] = {"start": list(start), "size": list(self.roi_size), "source_shape": list(mask.shape)}
         rec["root_grid"] = {"shape": list(self.roi_size), "affine": (mask_affine @ shift).tolist()}
         rec.setdefault("steps", []).append("crop")

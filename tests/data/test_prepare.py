@@ -1,4 +1,4 @@
-"""``pddpm preprocess`` runner: shards, resumability, failure reporting, reading a scan (bad inputs), end to end."""
+"""``pddpm preprocess`` runner: shards, resumability, failure reporting, reading a scan, end to end."""
 
 from __future__ import annotations
 
