@@ -38,18 +38,13 @@ import SimpleITK as sitk
 import torch
 
 from pddpm_monai.data.prepare import load_subject
-from pddpm_monai.transforms import (
-    CropToBraind,
-    PreprocessConfig,
-    RegisterToAtlasd,
-    ResampleToSpacingd,
-    SkullStripd,
-    array_to_sitk,
-    n4_correct,
-    register_affine,
-    sitk_to_array,
-)
 from pddpm_monai.transforms.atlas import resolve_atlas
+from pddpm_monai.transforms.bias import n4_correct
+from pddpm_monai.transforms.config import PreprocessConfig
+from pddpm_monai.transforms.registration import RegisterToAtlasd, register_affine
+from pddpm_monai.transforms.sitk_convert import array_to_sitk, sitk_to_array
+from pddpm_monai.transforms.skull_strip import SkullStripd
+from pddpm_monai.transforms.spatial import CropToBraind, ResampleToSpacingd
 
 ROOT = Path(__file__).resolve().parents[1]
 SCAN = Path("healthy") / "T2w_head.nii.gz"
