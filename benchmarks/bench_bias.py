@@ -30,21 +30,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from pddpm_monai.data.atlas import resolve_atlas
+from pddpm_monai.data.prepare import load_subject
 from pddpm_monai.data.synthetic.config import SynthConfig
 from pddpm_monai.data.synthetic.render import smooth_field, upsample_field
-from pddpm_monai.transforms.bias import robust_n4_correct
-from pddpm_monai.transforms.preprocess import (
-    BrainMaskFromImaged,
-    CropToBraind,
-    PreprocessConfig,
-    array_to_sitk,
-    brain_box,
-    crop_or_pad,
-    load_subject,
-    n4_correct,
-    sitk_to_array,
-)
+from pddpm_monai.transforms.atlas import resolve_atlas
+from pddpm_monai.transforms.bias import n4_correct, robust_n4_correct
+from pddpm_monai.transforms.config import PreprocessConfig
+from pddpm_monai.transforms.sitk_convert import array_to_sitk, sitk_to_array
+from pddpm_monai.transforms.skull_strip import BrainMaskFromImaged
+from pddpm_monai.transforms.spatial import CropToBraind, brain_box, crop_or_pad
 from pddpm_monai.utils import read_nifti
 
 CASES = ("Brats18_2013_3_1", "Brats18_CBICA_ABM_1", "Brats18_TCIA01_425_1")

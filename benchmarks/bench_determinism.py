@@ -37,19 +37,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from pddpm_monai.data.atlas import resolve_atlas
-from pddpm_monai.transforms.preprocess import (
-    CropToBraind,
-    PreprocessConfig,
-    RegisterToAtlasd,
-    ResampleToSpacingd,
-    SkullStripd,
-    array_to_sitk,
-    load_subject,
-    n4_correct,
-    register_affine,
-    sitk_to_array,
-)
+from pddpm_monai.data.prepare import load_subject
+from pddpm_monai.transforms.atlas import resolve_atlas
+from pddpm_monai.transforms.bias import n4_correct
+from pddpm_monai.transforms.config import PreprocessConfig
+from pddpm_monai.transforms.registration import RegisterToAtlasd, register_affine
+from pddpm_monai.transforms.sitk_convert import array_to_sitk, sitk_to_array
+from pddpm_monai.transforms.skull_strip import SkullStripd
+from pddpm_monai.transforms.spatial import CropToBraind, ResampleToSpacingd
 
 ROOT = Path(__file__).resolve().parents[1]
 SCAN = Path("healthy") / "T2w_head.nii.gz"
@@ -57,9 +52,9 @@ SCAN = Path("healthy") / "T2w_head.nii.gz"
 #: a child process: preprocess the scan, save the arrays and the record, print their digest
 CHILD = """
 import json, sys, numpy as np
-from pddpm_monai.data.atlas import resolve_atlas
+from pddpm_monai.transforms.atlas import resolve_atlas
 from pddpm_monai.threads import set_threads
-from pddpm_monai.transforms.preprocess import preprocess_scan
+from pddpm_monai.data.prepare import preprocess_scan
 set_threads(int(sys.argv[3]))
 t2, mask, affine, record = preprocess_scan(sys.argv[1], atlas=resolve_atlas(sys.argv[2]), skull_stripped=False)
 np.savez(sys.argv[4], t2=t2, mask=mask, affine=affine)

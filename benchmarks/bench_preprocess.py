@@ -23,22 +23,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from pddpm_monai.data.atlas import resolve_atlas
-from pddpm_monai.transforms.preprocess import (
-    BrainMaskFromImaged,
-    CropToBraind,
-    N4BiasCorrection,
-    N4BiasCorrectiond,
-    PreprocessConfig,
-    RegisterToAtlasd,
-    ResampleToSpacingd,
-    SkullStrip,
-    SkullStripd,
-    array_to_sitk,
-    load_subject,
-    n4_correct,
-    sitk_to_array,
-)
+from pddpm_monai.data.prepare import load_subject
+from pddpm_monai.transforms.atlas import resolve_atlas
+from pddpm_monai.transforms.bias import N4BiasCorrection, N4BiasCorrectiond, n4_correct
+from pddpm_monai.transforms.config import PreprocessConfig
+from pddpm_monai.transforms.registration import RegisterToAtlasd
+from pddpm_monai.transforms.sitk_convert import array_to_sitk, sitk_to_array
+from pddpm_monai.transforms.skull_strip import BrainMaskFromImaged, SkullStrip, SkullStripd
+from pddpm_monai.transforms.spatial import CropToBraind, ResampleToSpacingd
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from pddpm_monai.transforms.preprocess import array_to_sitk
+from pddpm_monai.transforms.sitk_convert import array_to_sitk
 
 #: a DICOM UID root for test data (2.25 = UUID-derived UIDs)
 UID_ROOT = "2.25.1234567"

@@ -35,8 +35,8 @@ from pddpm_monai.evaluation.threshold import read_threshold_file
 from pddpm_monai.inferers import DiffusionReconstructionInferer, PatchedDiffusionInferer
 from pddpm_monai.methods.checkpoint import method_from_checkpoint, read_checkpoint
 from pddpm_monai.networks.patched_anomaly import PatchedAnomalyUNet
+from pddpm_monai.transforms.config import PreprocessConfig
 from pddpm_monai.transforms.loading import ModelGridConfig
-from pddpm_monai.transforms.preprocess import PreprocessConfig
 from pddpm_monai.transforms.scan_io import SCAN_SUFFIXES, is_scan_path
 from pddpm_monai.utils import InputError, PddpmError, save_json
 
@@ -270,7 +270,7 @@ def run_preprocessing(
         workers: subjects in parallel.
         shard: ``"i/n"``: this machine's share of the subjects (``None``: all).
         device: HD-BET device.
-        config: a :class:`~pddpm_monai.transforms.preprocess.PreprocessConfig` (``None``: defaults).
+        config: a :class:`~pddpm_monai.transforms.config.PreprocessConfig` (``None``: defaults).
         progress: show a progress bar.
 
     Returns:

@@ -8,9 +8,9 @@ import sys
 
 
 def _preprocess(args: argparse.Namespace) -> int:
-    from pddpm_monai.data.atlas import resolve_atlas
     from pddpm_monai.data.prepare import parse_shard, run_preprocess
-    from pddpm_monai.transforms.preprocess import PreprocessConfig
+    from pddpm_monai.transforms.atlas import resolve_atlas
+    from pddpm_monai.transforms.config import PreprocessConfig
 
     atlas = resolve_atlas(args.atlas, channel=args.atlas_channel, mask=args.atlas_mask)
     config = PreprocessConfig()
@@ -40,7 +40,7 @@ def _splits(args: argparse.Namespace) -> int:
 
 
 def _fetch_atlas(args: argparse.Namespace) -> int:
-    from pddpm_monai.data.atlas import ATLAS_ENV, fetch_atlas
+    from pddpm_monai.transforms.atlas import ATLAS_ENV, fetch_atlas
 
     out = fetch_atlas(args.out)
     print(f"SRI24 atlas in {out}; use --atlas {out} or export {ATLAS_ENV}={out}", file=sys.stderr)

@@ -1,10 +1,12 @@
-"""Raw dataset -> data root: per subject, resumable, parallel, shardable (``pddpm preprocess``).
+"""The §4.1 chain on files: one scan (``pddpm detect``), a raw dataset into a data root (``pddpm preprocess``).
 
-Each subject runs the §4.1 chain (:func:`~pddpm_monai.transforms.preprocess.preprocessing_transforms`)
-and writes its volumes and a JSON record (the registration transform, the crop box and the grids
-that :func:`~pddpm_monai.transforms.preprocess.to_native` needs). A subject's outputs appear
-together: volumes are written under temporary names and renamed, the record last; a subject whose
-record and volumes exist is skipped. One failing subject is reported and the run goes on.
+:func:`load_subject` reads and validates a scan (and its seg) into the dict the chain
+(:func:`~pddpm_monai.transforms.chain.preprocessing_transforms`) takes; :func:`preprocess_scan`
+runs the chain on one scan without a data root. For a dataset, each subject runs the chain and
+writes its volumes and a JSON record (the registration transform, the crop box and the grids that
+:func:`~pddpm_monai.transforms.native.to_native` needs). A subject's outputs appear together:
+volumes are written under temporary names and renamed, the record last; a subject whose record and
+volumes exist is skipped. One failing subject is reported and the run goes on.
 """
 
 from __future__ import annotations
@@ -18,27 +20,82 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
 
 from pddpm_monai.data.adapters import DATASETS, Subject, find_subjects, output_paths
-from pddpm_monai.data.atlas import Atlas
 from pddpm_monai.threads import resolve_threads
-from pddpm_monai.transforms.preprocess import (
-    RECORD_KEY,
-    PreprocessConfig,
-    load_subject,
-    preprocessing_transforms,
-    run_chain,
-)
-from pddpm_monai.utils import InputError, PddpmError, atomic_path, save_json
+from pddpm_monai.transforms.atlas import Atlas
+from pddpm_monai.transforms.chain import preprocessing_transforms
+from pddpm_monai.transforms.config import Device, PreprocessConfig
+from pddpm_monai.transforms.sitk_convert import RECORD_KEY, to_metatensor, unpack
+from pddpm_monai.utils import InputError, PddpmError, atomic_path, check_same_grid, read_nifti, save_json
 
-__all__ = ["Summary", "parse_shard", "shard", "process_subject", "run_preprocess"]
+__all__ = [
+    "load_subject",
+    "preprocess_scan",
+    "Summary",
+    "parse_shard",
+    "shard",
+    "process_subject",
+    "run_preprocess",
+]
 
 Status = Literal["done", "skipped", "failed"]
 OUTPUT_DTYPES = {"t2": np.float32, "mask": np.uint8, "seg": np.uint8}
+
+
+def load_subject(
+    image: str | os.PathLike,
+    seg: str | os.PathLike | None = None,
+    *,
+    image_key: str = "t2",
+    seg_key: str = "seg",
+) -> dict:
+    """Read and validate a scan (and its seg) into the dict the chain expects, with a fresh record.
+
+    Raises:
+        InputError: unreadable file, not 3-D (a trailing singleton axis is squeezed), NaN/Inf,
+            empty image, or a seg not on the image's grid.
+    """
+    arr, aff = read_nifti(image)
+    d: dict = {image_key: to_metatensor(arr, aff), RECORD_KEY: {"source": str(image)}}
+    if seg is not None:
+        seg_arr, seg_aff = read_nifti(seg, allow_empty=True)
+        check_same_grid((arr, aff), (seg_arr, seg_aff), seg)
+        d[seg_key] = to_metatensor(np.rint(seg_arr).astype(np.uint8), seg_aff)
+        d[RECORD_KEY]["seg_source"] = str(seg)
+    return d
+
+
+def preprocess_scan(
+    image_path: str | os.PathLike,
+    *,
+    atlas: Any,
+    skull_stripped: bool,
+    device: Device = "cpu",
+    seg_path: str | os.PathLike | None = None,
+    in_atlas_space: bool = False,
+    config: PreprocessConfig = PreprocessConfig(),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Preprocess one scan into the data-root grid, without a data root (used by ``pddpm detect``).
+
+    Returns:
+        ``(t2, mask, affine, record)``: float32 and uint8 arrays of ``config.roi_size``, their
+        affine, and the JSON record that :func:`~pddpm_monai.transforms.native.to_native` needs. (A
+        seg given by ``seg_path`` follows the chain; use
+        :func:`~pddpm_monai.transforms.chain.preprocessing_transforms` directly to get it back.)
+    """
+    chain = preprocessing_transforms(
+        atlas, skull_stripped=skull_stripped, in_atlas_space=in_atlas_space, device=device, config=config
+    )
+    d = chain(load_subject(image_path, seg_path))
+    d[RECORD_KEY]["config"] = dataclasses.asdict(config)
+    t2, aff = unpack(d["t2"])
+    mask = unpack(d["mask"])[0].astype(np.uint8)
+    return t2.astype(np.float32), mask, aff, d[RECORD_KEY]
 
 
 @dataclass
@@ -92,7 +149,7 @@ def process_subject(
     data_root: str | os.PathLike,
     atlas: Atlas,
     *,
-    device: Literal["cpu", "cuda"] = "cpu",
+    device: Device = "cpu",
     config: PreprocessConfig = PreprocessConfig(),
 ) -> Status:
     """Preprocess one subject into the data root (skip it when finished).
@@ -104,7 +161,6 @@ def process_subject(
     if is_finished(paths):
         return "skipped"
     spec = DATASETS[subject.dataset]
-    d = load_subject(subject.image, subject.seg)
     chain = preprocessing_transforms(
         atlas,
         skull_stripped=spec.skull_stripped,
@@ -112,7 +168,7 @@ def process_subject(
         device=device,
         config=config,
     )
-    d = run_chain(chain, d)
+    d = chain(load_subject(subject.image, subject.seg))
     record = dict(d[RECORD_KEY])
     t2 = d["t2"]
     affine = np.asarray(t2.affine, dtype=np.float64)

@@ -33,7 +33,7 @@ METHOD_OPTIONS = {
     "res_blocks": "network.num_res_blocks",
     "groups": "network.num_groups",
     "head_channels": "network.num_head_channels",
-    # baselines (engines.baselines)
+    # baselines (methods.baselines)
     "latent_size": "network.latent_size",
     "ae_channels": "network.channels",
     "beta": "beta",

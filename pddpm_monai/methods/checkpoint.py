@@ -4,7 +4,7 @@ A checkpoint is a plain dict saved atomically with :func:`~pddpm_monai.utils.sav
 read with :func:`~pddpm_monai.utils.load_checkpoint` (``torch.load(..., weights_only=True)``)::
 
     {"format": "pddpm-monai", "version": 2,
-     "method": "pddpm",                      # a key of engines.methods.METHODS
+     "method": "pddpm",                      # a key of methods.METHODS
      "config": {...},                        # JSON-able: rebuilds the method and its network
      "network": {...},                       # the method's state_dict (all its networks)
      "optimizer": {...},                     # optimiser state (training checkpoints)

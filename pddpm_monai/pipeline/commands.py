@@ -107,8 +107,8 @@ def detect_config_from_args(args: argparse.Namespace):
 
 def run_detect(args: argparse.Namespace) -> int:
     """``pddpm detect``: prints the outputs and the summary's key figures."""
-    from pddpm_monai.data.atlas import resolve_atlas
     from pddpm_monai.pipeline.detect import bundle_atlas, bundle_checkpoint, detect_scan
+    from pddpm_monai.transforms.atlas import resolve_atlas
     from pddpm_monai.transforms.scan_io import read_scan
 
     read_scan(args.scan)  # a bad scan is reported before anything else

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from pddpm_monai.names import method_label
-from pddpm_monai.transforms.preprocess import PreprocessConfig
+from pddpm_monai.transforms.config import PreprocessConfig
 from pddpm_monai.utils import InputError, PddpmError, save_json
 
 __all__ = ["DemoConfig", "DemoResult", "STAGES", "DemoPaths", "run_demo", "demo_methods"]
@@ -283,8 +283,8 @@ def _stage_cohort(paths: DemoPaths, config: DemoConfig) -> str:
 def _stage_preprocess(paths: DemoPaths, config: DemoConfig) -> str:
     if not config.raw:
         return "not needed (--quick: the data root was generated preprocessed)"
-    from pddpm_monai.data.atlas import resolve_atlas
     from pddpm_monai.data.prepare import run_preprocess
+    from pddpm_monai.transforms.atlas import resolve_atlas
     from pddpm_monai.utils import resolve_device
 
     atlas = resolve_atlas(paths.atlas)
@@ -409,9 +409,9 @@ def _detect_scan(paths: DemoPaths) -> Path | None:
 def _stage_detect(paths: DemoPaths, config: DemoConfig) -> str:
     if not (config.raw and config.detect):
         return "not run (--quick has no raw scans; see `pddpm detect --help`)"
-    from pddpm_monai.data.atlas import resolve_atlas
     from pddpm_monai.evaluation.evaluate import run_dir_for
     from pddpm_monai.pipeline.detect import DetectConfig, detect_scan
+    from pddpm_monai.transforms.atlas import resolve_atlas
 
     method = demo_methods(config)[0][0]
     scan = _detect_scan(paths)

@@ -7,7 +7,7 @@ The chain, for one raw scan of any orientation and spacing:
    NIfTI with the same voxels and geometry in the cache folder) and the
    checkpoint (:func:`~pddpm_monai.methods.checkpoint.load_scorer`: a pddpm-monai checkpoint whose
    weights fit its method and whose patches fit the model grid);
-2. paper §4.1 preprocessing (:func:`~pddpm_monai.transforms.preprocess.preprocess_scan`: 1 mm,
+2. paper §4.1 preprocessing (:func:`~pddpm_monai.data.prepare.preprocess_scan`: 1 mm,
    HD-BET unless ``skull_stripped``, affine registration to the atlas, crop to 192x192x160, N4),
    cached in ``<out>/<name>_preprocessed/`` so that a re-run (e.g. with another threshold) skips it;
 3. the model grid (:func:`~pddpm_monai.transforms.loading.model_grid_transforms`, 96x96x50) and
@@ -15,7 +15,7 @@ The chain, for one raw scan of any orientation and spacing:
 4. post-processing as in the evaluation (eroded brain mask, median filter, threshold, small
    components removed: :mod:`pddpm_monai.evaluation.postprocess`);
 5. back to the native grid: model grid -> data-root grid (world coordinates) -> inverse registration
-   and crop (:func:`~pddpm_monai.transforms.preprocess.to_native`); the outputs have the input's
+   and crop (:func:`~pddpm_monai.transforms.native.to_native`); the outputs have the input's
    shape and affine, so ITK-SNAP and 3D Slicer overlay them on the scan.
 
 Outputs in ``out_dir`` (``<name>`` = the scan's file name without ``.nii[.gz]`` / its suffix, or the
@@ -53,8 +53,9 @@ from scipy import ndimage
 from pddpm_monai import __version__
 from pddpm_monai.evaluation.postprocess import PostprocessConfig, binarize, postprocess_anomaly_map
 from pddpm_monai.evaluation.threshold import read_threshold_file
+from pddpm_monai.transforms.config import Device, PreprocessConfig
 from pddpm_monai.transforms.loading import ModelGridConfig
-from pddpm_monai.transforms.preprocess import Device, PreprocessConfig, to_native
+from pddpm_monai.transforms.native import to_native
 from pddpm_monai.transforms.scan_io import read_scan, scan_as_nifti
 from pddpm_monai.utils import InputError, read_nifti, save_json, save_nifti
 
@@ -182,7 +183,7 @@ def bundle_atlas(bundle_dir: str | os.PathLike) -> str | None:
 
     The atlas is never shipped in a bundle, but the person who trained it can record which one its
     data were registered to (a path, relative to the bundle folder or absolute, or a name that
-    :func:`~pddpm_monai.data.atlas.resolve_atlas` knows) so that ``pddpm detect --bundle`` needs no
+    :func:`~pddpm_monai.transforms.atlas.resolve_atlas` knows) so that ``pddpm detect --bundle`` needs no
     ``--atlas``.
     """
     config = Path(bundle_dir) / "configs" / "inference.json"
@@ -256,7 +257,7 @@ def model_grid_to_native(
     """Map a model-grid volume (any grid inside the data-root space) onto the native scan grid.
 
     The volume is first resampled onto the data-root grid through world coordinates (zero outside
-    the model grid's field of view), then :func:`~pddpm_monai.transforms.preprocess.to_native`
+    the model grid's field of view), then :func:`~pddpm_monai.transforms.native.to_native`
     undoes the crop and the registration.
 
     Args:
@@ -270,7 +271,7 @@ def model_grid_to_native(
     """
     import SimpleITK as sitk
 
-    from pddpm_monai.transforms.preprocess import array_to_sitk, sitk_to_array
+    from pddpm_monai.transforms.sitk_convert import array_to_sitk, sitk_to_array
 
     root = record["root_grid"]
     moving = array_to_sitk(np.asarray(volume, dtype=np.float32), np.asarray(affine, dtype=np.float64))
@@ -335,7 +336,7 @@ def _preprocessed(
     scan: Path, work: Path, atlas: Any, config: DetectConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """``(t2, mask, affine, record)`` on the data-root grid, cached in ``work``."""
-    from pddpm_monai.transforms.preprocess import preprocess_scan
+    from pddpm_monai.data.prepare import preprocess_scan
 
     paths = {k: work / v for k, v in PREPROCESSED_FILES.items()}
     if not config.overwrite and all(p.is_file() for p in paths.values()):
@@ -367,7 +368,7 @@ def _preprocessed(
 def _model_grid(t2: np.ndarray, mask: np.ndarray, affine: np.ndarray, config: DetectConfig) -> dict[str, Any]:
     """The data-root volumes on the model grid (the loader of training and evaluation)."""
     from pddpm_monai.transforms.loading import model_grid_transforms
-    from pddpm_monai.transforms.preprocess import to_metatensor
+    from pddpm_monai.transforms.sitk_convert import to_metatensor
 
     load = model_grid_transforms(("image", "mask"), config=config.loading, load=False, smooth=config.smooth)
     return load(
@@ -418,7 +419,7 @@ def detect_scan(
         out_dir: output folder (created).
         checkpoint: a trained pddpm-monai checkpoint (``best.pt`` of ``pddpm train``).
         atlas: the registration target the model's training data were registered to
-            (:func:`~pddpm_monai.data.atlas.resolve_atlas`).
+            (:func:`~pddpm_monai.transforms.atlas.resolve_atlas`).
         config: every option (threshold, device, preprocessing, post-processing).
 
     Returns:

@@ -27,15 +27,12 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import ensure_tuple_rep
 
-from pddpm_monai.transforms.preprocess import (
-    RECORD_KEY,
-    BrainMaskFromImaged,
-    Interp,
-    PreprocessConfig,
-    preprocessing_transforms,
-    to_metatensor,
-    to_native,
-)
+from pddpm_monai.transforms.atlas import Atlas, resolve_atlas
+from pddpm_monai.transforms.chain import preprocessing_transforms
+from pddpm_monai.transforms.config import PreprocessConfig
+from pddpm_monai.transforms.native import to_native
+from pddpm_monai.transforms.sitk_convert import RECORD_KEY, Interp, to_metatensor
+from pddpm_monai.transforms.skull_strip import BrainMaskFromImaged
 from pddpm_monai.utils import InputError
 
 __all__ = ["SCAN_RECORD_KEY", "PrepareScand", "ToNatived"]
@@ -90,8 +87,6 @@ class PrepareScand(MapTransform):
         self.device, self.config = device, config
 
     def _atlas(self) -> Any:
-        from pddpm_monai.data.atlas import Atlas, resolve_atlas
-
         return self.atlas if isinstance(self.atlas, Atlas) else resolve_atlas(self.atlas)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

@@ -34,7 +34,7 @@ from monai.transforms import (
     Transform,
 )
 
-from pddpm_monai.utils import InputError
+from pddpm_monai.utils import InputError, PddpmError
 
 __all__ = [
     "ModelGridConfig",
@@ -43,7 +43,7 @@ __all__ = [
     "MaskedPercentileRescale",
     "MaskedPercentileRescaled",
     "ValidateVolumed",
-    "Binarized",
+    "BinarizeLabelsd",
     "model_grid_transforms",
     "InputCheckedCompose",
 ]
@@ -213,8 +213,12 @@ class ValidateVolumed(MapTransform):
         return d
 
 
-class Binarized(MapTransform):
-    """Set the given label maps to ``float(x > 0)`` (any BraTS label > 0 is tumour)."""
+class BinarizeLabelsd(MapTransform):
+    """Set the given label maps to ``float(x > 0)`` (any BraTS label > 0 is tumour).
+
+    Not MONAI's ``AsDiscreted(threshold=t)``, which keeps ``x >= t``: no ``t`` gives ``x > 0`` for
+    every float input.
+    """
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
@@ -224,10 +228,11 @@ class Binarized(MapTransform):
 
 
 class InputCheckedCompose(Compose):
-    """A ``Compose`` that re-raises :class:`~pddpm_monai.utils.InputError` unwrapped.
+    """A ``Compose`` that re-raises a :class:`~pddpm_monai.utils.PddpmError` unwrapped.
 
     MONAI wraps every exception raised inside a transform in ``RuntimeError("applying transform
-    ...")``; for user-facing bad-input errors we want the one-line message itself.
+    ...")``; for user-facing errors (bad input, a failed registration) we want the one-line
+    message itself.
     """
 
     def __call__(self, input_, *args, **kwargs):
@@ -235,7 +240,7 @@ class InputCheckedCompose(Compose):
             return super().__call__(input_, *args, **kwargs)
         except RuntimeError as err:
             cause = err
-            while cause is not None and not isinstance(cause, InputError):
+            while cause is not None and not isinstance(cause, PddpmError):
                 cause = cause.__cause__
             if cause is None:
                 raise
@@ -287,7 +292,7 @@ def model_grid_transforms(
         if labels:
             steps.append(_RelativeSpacingd(labels, factor, "nearest"))
     if labels:
-        steps.append(Binarized(labels, allow_missing_keys=True))
+        steps.append(BinarizeLabelsd(labels, allow_missing_keys=True))
     return InputCheckedCompose(steps)
 
 

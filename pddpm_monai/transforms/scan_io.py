@@ -8,7 +8,7 @@
 
 Every reader returns the nibabel convention of the rest of the project: an ``(X, Y, Z)`` float32 array
 and a RAS affine (SimpleITK's LPS geometry converted as in
-:func:`~pddpm_monai.transforms.preprocess.sitk_to_array`), validated like
+:func:`~pddpm_monai.transforms.sitk_convert.sitk_to_array`), validated like
 :func:`~pddpm_monai.utils.read_nifti` (3-D, finite, not all zeros). Outputs stay NIfTI on the scan's grid.
 
 :class:`ScanReader` is the same reader as a MONAI ``ImageReader`` (``LoadImaged(reader=ScanReader())``
@@ -32,7 +32,7 @@ import SimpleITK as sitk
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-from pddpm_monai.transforms.preprocess import sitk_to_array
+from pddpm_monai.transforms.sitk_convert import sitk_to_array
 from pddpm_monai.utils import InputError, read_nifti, save_nifti
 
 __all__ = [

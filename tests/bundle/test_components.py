@@ -43,7 +43,7 @@ def _checkpoint(tmp_path: Path, method: str = "pddpm") -> Path:
     return save_method_checkpoint(tmp_path / f"{method}.pt", m)
 
 
-# ----------------------------------------------------------------------------------- engines.bundle
+# ---------------------------------------------------------------------------------- bundle.components
 
 
 def test_training_method_drops_options_the_method_lacks() -> None:

@@ -153,7 +153,7 @@ def test_shipped_bundle_runs_on_nifti_nrrd_and_dicom_alike(tiny_root: Path, tmp_
     import SimpleITK as sitk
     from monai.bundle import run
 
-    from pddpm_monai.transforms.preprocess import array_to_sitk
+    from pddpm_monai.transforms.sitk_convert import array_to_sitk
     from pddpm_monai.utils import read_nifti, save_nifti
     from tests.dicom_series import write_dicom_series
 

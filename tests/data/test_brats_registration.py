@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from pddpm_monai.data.adapters import DATASETS, find_subjects
-from pddpm_monai.data.atlas import resolve_atlas
-from pddpm_monai.data.prepare import process_subject
-from pddpm_monai.transforms.preprocess import PreprocessConfig, preprocess_scan
+from pddpm_monai.data.prepare import preprocess_scan, process_subject
+from pddpm_monai.transforms.atlas import resolve_atlas
+from pddpm_monai.transforms.config import PreprocessConfig
 from pddpm_monai.utils import read_nifti
 
 CASE = "Brats18_2013_3_1"

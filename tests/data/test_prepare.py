@@ -1,11 +1,8 @@
-"""``pddpm preprocess`` runner: shards, resumability, failure reporting, fetch-atlas checksum, end to end."""
+"""``pddpm preprocess`` runner: shards, resumability, failure reporting, reading a scan, end to end."""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -13,10 +10,11 @@ import numpy as np
 import pytest
 
 from pddpm_monai.cli import main
-from pddpm_monai.data.atlas import fetch_atlas, resolve_atlas
 from pddpm_monai.data.datalist import SPLIT_NAMES, read_split_csv
-from pddpm_monai.data.prepare import parse_shard, shard
-from pddpm_monai.transforms.preprocess import array_to_sitk, resample_to_spacing, sitk_to_array
+from pddpm_monai.data.prepare import load_subject, parse_shard, shard
+from pddpm_monai.transforms.atlas import resolve_atlas
+from pddpm_monai.transforms.sitk_convert import array_to_sitk, sitk_to_array
+from pddpm_monai.transforms.spatial import resample_to_spacing
 from pddpm_monai.utils import InputError, read_nifti
 
 
@@ -35,27 +33,6 @@ def test_shards_partition_the_subjects():
     subjects = [f"s{i}" for i in range(11)]
     parts = [shard(subjects, i, 3) for i in range(3)]  # type: ignore[arg-type]
     assert sorted(sum(parts, [])) == sorted(subjects) and all(len(p) in (3, 4) for p in parts)
-
-
-def _zip_bytes() -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        img = nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4))
-        zf.writestr("sri24/late.nii", img.to_bytes())
-    return buf.getvalue()
-
-
-def test_fetch_atlas_checks_the_checksum_before_unpacking(tmp_path):
-    payload = _zip_bytes()
-
-    def download(url: str, dest: Path) -> None:
-        dest.write_bytes(payload)
-
-    with pytest.raises(InputError, match="checksum mismatch"):
-        fetch_atlas(tmp_path / "bad", sha256="0" * 64, download=download)
-    assert not list((tmp_path / "bad").rglob("*.nii")) and not list((tmp_path / "bad").glob("*.zip"))
-    out = fetch_atlas(tmp_path / "good", sha256=hashlib.sha256(payload).hexdigest(), download=download)
-    assert resolve_atlas(out).image_path == out / "sri24" / "late.nii"
 
 
 def _save(path: Path, arr: np.ndarray, affine: np.ndarray) -> None:
@@ -180,3 +157,46 @@ def test_synthetic_raw_cohort_end_to_end(tmp_path, capsys):
 def _voxel_volume(raw: Path, name: str, folders: dict[str, str]) -> float:
     img = nib.load(str(raw / "truth" / folders[name] / f"{name}_mask.nii.gz"))
     return float(np.prod(img.header.get_zooms()[:3]))
+
+
+def _write(path, arr, affine=np.eye(4)):
+    nib.save(nib.Nifti1Image(np.asarray(arr), affine), str(path))
+    return path
+
+
+BAD_INPUTS = [
+    ("two_d", lambda p: _write(p, np.ones((8, 8), np.float32)), "expected a 3-D image"),
+    ("four_d", lambda p: _write(p, np.ones((8, 8, 8, 2), np.float32)), "expected a 3-D image"),
+    ("nan", lambda p: _write(p, np.full((8, 8, 8), np.nan, np.float32)), "NaN/Inf"),
+    (
+        "inf",
+        lambda p: _write(
+            p, np.where(np.eye(8)[..., None] > 0, np.inf, 1.0).astype(np.float32) * np.ones((8, 8, 8))
+        ),
+        "NaN/Inf",
+    ),
+    ("zeros", lambda p: _write(p, np.zeros((8, 8, 8), np.float32)), "all zeros"),
+]
+
+
+@pytest.mark.parametrize("name, make, message", BAD_INPUTS)
+def test_bad_scans_give_one_line_errors_naming_the_file(tmp_path, name, make, message):
+    path = make(tmp_path / f"{name}.nii.gz")
+    with pytest.raises(InputError, match=message) as err:
+        load_subject(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_truncated_file_and_grid_mismatch_and_singleton_axis(tmp_path):
+    good = _write(tmp_path / "img.nii.gz", np.ones((8, 8, 8, 1), np.float32))
+    assert load_subject(good)["t2"].shape == (1, 8, 8, 8)  # trailing singleton squeezed
+    truncated = tmp_path / "cut.nii.gz"
+    truncated.write_bytes(good.read_bytes()[:60])
+    with pytest.raises(InputError, match="cut.nii.gz: not a readable NIfTI"):
+        load_subject(truncated)
+    seg = _write(tmp_path / "seg.nii.gz", np.zeros((8, 8, 7), np.uint8))
+    with pytest.raises(InputError, match="seg.nii.gz: grid mismatch"):
+        load_subject(good, seg)
+    shifted = _write(tmp_path / "seg2.nii.gz", np.zeros((8, 8, 8), np.uint8), np.diag([2.0, 1, 1, 1]))
+    with pytest.raises(InputError, match="seg2.nii.gz: grid mismatch"):
+        load_subject(good, shifted)

@@ -11,7 +11,6 @@ import pytest
 from scipy import ndimage
 
 from pddpm_monai.cli import main
-from pddpm_monai.data.atlas import resolve_atlas
 from pddpm_monai.methods import build_method
 from pddpm_monai.methods.checkpoint import save_method_checkpoint
 from pddpm_monai.pipeline.detect import (
@@ -21,7 +20,8 @@ from pddpm_monai.pipeline.detect import (
     lesion_statistics,
     resolve_threshold,
 )
-from pddpm_monai.transforms.preprocess import PreprocessConfig
+from pddpm_monai.transforms.atlas import resolve_atlas
+from pddpm_monai.transforms.config import PreprocessConfig
 from pddpm_monai.utils import InputError, save_checkpoint
 from tests.pipeline.conftest import TINY_PDDPM
 

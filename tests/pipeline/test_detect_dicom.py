@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from pddpm_monai.cli import main
-from pddpm_monai.data.atlas import resolve_atlas
 from pddpm_monai.pipeline.detect import DetectConfig, detect_scan
+from pddpm_monai.transforms.atlas import resolve_atlas
 from pddpm_monai.utils import read_nifti
 from tests.dicom_series import write_dicom_series
 from tests.pipeline.test_detect import BRATS_CASE, FAST_PREPROCESS

@@ -15,12 +15,17 @@ import pytest
 import SimpleITK as sitk
 
 from pddpm_monai.transforms.bias import (
+    N4BiasCorrection,
     RobustN4BiasCorrection,
     bias_corrector,
     healthy_fit_mask,
+    n4_correct,
     robust_n4_correct,
 )
-from pddpm_monai.transforms.preprocess import N4BiasCorrection, PreprocessConfig, n4_correct
+from pddpm_monai.transforms.config import PreprocessConfig
+from pddpm_monai.transforms.sitk_convert import array_to_sitk, sitk_to_array
+from pddpm_monai.transforms.spatial import resample_to_spacing
+from pddpm_monai.utils import read_nifti
 
 SPACING = 2.5
 
@@ -135,3 +140,40 @@ def test_cli_options_reach_the_config():
         ["preprocess", "brats21", "--input", "i", "--data-root", "r", "--bias-correction", "n4"]
     )
     assert args.bias_correction == "n4"
+
+
+@pytest.mark.slow
+def test_n4_shrink_gives_the_same_correction(atlas):
+    """N4 on a grid shrunk x2 corrects like full resolution (3 mm atlas T2 with a known bias field)."""
+    arr, aff = atlas.image
+    img = resample_to_spacing(array_to_sitk(arr, aff), 3.0)
+    tissues = read_nifti(atlas.mask_path)[0]
+    brain = resample_to_spacing(array_to_sitk((tissues > 0).astype(np.uint8), aff), 3.0, mode="nearest")
+    wm = (
+        sitk_to_array(
+            resample_to_spacing(array_to_sitk((tissues == 3).astype(np.uint8), aff), 3.0, mode="nearest")
+        )[0]
+        > 0
+    )
+    mask = sitk_to_array(brain)[0] > 0
+    data, grid = sitk_to_array(img)
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in data.shape], indexing="ij")
+    biased = data * np.exp(0.3 * x + 0.2 * y**2 - 0.25 * z)
+    cv = lambda v: v[wm].std() / v[wm].mean()  # noqa: E731
+    out = {
+        s: sitk_to_array(
+            n4_correct(
+                array_to_sitk(biased.astype(np.float32), grid), brain, shrink=s, iterations=(25, 25, 25)
+            )
+        )[0]
+        for s in (1, 2)
+    }
+    ratio = out[2][mask] / out[1][mask]
+    assert np.abs(ratio - 1).max() < 0.05  # measured 0.022
+    assert ratio.std() < 0.015  # measured 0.007
+    for s in (
+        1,
+        2,
+    ):  # both remove the bias: WM coefficient of variation drops (measured 0.155 -> 0.126/0.129)
+        assert cv(out[s]) < 0.9 * cv(biased)
+        assert not out[s][~mask].any()

@@ -11,8 +11,8 @@ import SimpleITK as sitk
 from monai.transforms import LoadImaged
 
 from pddpm_monai.bundle.components import inference_items
-from pddpm_monai.transforms.preprocess import array_to_sitk
 from pddpm_monai.transforms.scan_io import ScanReader, read_scan, scan_as_nifti
+from pddpm_monai.transforms.sitk_convert import array_to_sitk
 from pddpm_monai.utils import InputError
 from tests.dicom_series import write_dicom_series
 
