@@ -166,7 +166,8 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 
 def _option_defaults() -> dict[str, Any]:
     """``pddpm train`` option dest -> its default: TrainConfig's, else the first method config that has it."""
-    out = {dest: getattr(TrainConfig(), name) for dest, name in TRAIN_OPTIONS.items()}
+    train = TrainConfig()
+    out = {dest: getattr(train, name) for dest, name in TRAIN_OPTIONS.items()}
     configs = [config_to_dict(cls.config_class()) for cls in METHODS.values()]
     for dest, key in METHOD_OPTIONS.items():
         for config in configs:

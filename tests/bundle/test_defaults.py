@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 from pddpm_monai.diffusion.process import DiffusionConfig
 from pddpm_monai.engines.trainer import TrainConfig
 from pddpm_monai.inferers.patched import DEFAULT_PATCH_SIZE
 from pddpm_monai.inferers.reconstruction import DEFAULT_T_TEST
-from pddpm_monai.methods import PDDPMConfig, UNetConfig
+from pddpm_monai.methods import DDPMConfig, PDDPMConfig, UNetConfig
 from tests.bundle.conftest import CONFIGS
 
 #: train.json key -> the TrainConfig field it sets
@@ -60,6 +59,19 @@ def test_train_json_holds_the_dataclass_defaults():
 
 
 def test_the_inferers_defaults_are_the_methods():
-    assert (PDDPMConfig().t_test, PDDPMConfig().patch_size) == (DEFAULT_T_TEST, DEFAULT_PATCH_SIZE)
-    field = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    assert field["method"].default == "pddpm"
+    assert (
+        (PDDPMConfig().t_test, PDDPMConfig().patch_size) == (DEFAULT_T_TEST, DEFAULT_PATCH_SIZE) == (500, 48)
+    )
+    assert DDPMConfig().t_test == DEFAULT_T_TEST
+
+
+def test_train_help_prints_the_dataclass_defaults():
+    from pddpm_monai.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["train"]
+    helps = {a.dest: a.help for a in sub._actions}
+    assert f"(default {TrainConfig().epochs})" in helps["epochs"]
+    assert f"(default {PDDPMConfig().patch_size};" in helps["patch_size"]
+    assert "(default 1 2 2)" in helps["channel_mult"] and "{default}" not in " ".join(
+        filter(None, helps.values())
+    )
