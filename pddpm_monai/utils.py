@@ -28,6 +28,7 @@ __all__ = [
     "read_nifti",
     "save_nifti",
     "save_json",
+    "plain_json",
     "check_same_grid",
     "save_checkpoint",
     "load_checkpoint",
@@ -181,6 +182,11 @@ def save_json(obj: Any, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
     return path
+
+
+def plain_json(obj: Any) -> Any:
+    """``obj`` as it reads back from a file of :func:`save_json` (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(obj, default=str))
 
 
 def check_same_grid(

@@ -1,22 +1,20 @@
 """``pddpm detect``: anomaly map and lesion mask of one new scan, in the scan's native space.
 
-The chain, for one raw scan of any orientation and spacing:
+The chain, for one raw scan of any orientation and spacing, is the bundle's and MONAI Label's
+(:mod:`~pddpm_monai.evaluation.detection`), with the checkpoint's scorer as the model:
 
 1. validate the scan (:func:`~pddpm_monai.transforms.scan_io.read_scan`: NIfTI, NRRD/MetaImage or a
-   folder holding one DICOM series; 3-D, finite, not empty; a non-NIfTI scan is converted once to a
-   NIfTI with the same voxels and geometry in the cache folder) and the
-   checkpoint (:func:`~pddpm_monai.methods.checkpoint.load_scorer`: a pddpm-monai checkpoint whose
-   weights fit its method and whose patches fit the model grid);
-2. paper §4.1 preprocessing (:func:`~pddpm_monai.data.prepare.preprocess_scan`: 1 mm,
-   HD-BET unless ``skull_stripped``, affine registration to the atlas, crop to 192x192x160, N4),
-   cached in ``<out>/<name>_preprocessed/`` so that a re-run (e.g. with another threshold) skips it;
-3. the model grid (:func:`~pddpm_monai.transforms.loading.model_grid_transforms`, 96x96x50) and
-   patched inference (the checkpoint's scorer);
-4. post-processing as in the evaluation (eroded brain mask, median filter, threshold, small
-   components removed: :mod:`pddpm_monai.evaluation.postprocess`);
-5. back to the native grid: model grid -> data-root grid (world coordinates) -> inverse registration
-   and crop (:func:`~pddpm_monai.transforms.native.to_native`); the outputs have the input's
-   shape and affine, so ITK-SNAP and 3D Slicer overlay them on the scan.
+   folder holding one DICOM series; 3-D, finite, not empty) and the checkpoint
+   (:func:`~pddpm_monai.methods.checkpoint.load_scorer`: a pddpm-monai checkpoint whose weights fit
+   its method and whose patches fit the model grid), before any heavy work;
+2. ``scan_preprocessing(raw=True)``: paper §4.1 (1 mm, HD-BET unless ``skull_stripped``, affine
+   registration to the atlas, crop to 192x192x160, N4), cached in ``<out>/<name>_preprocessed/`` so
+   that a re-run (e.g. with another threshold) skips it, then the model grid (96x96x50);
+3. patched inference (the checkpoint's scorer: any method, baselines included);
+4. ``scan_postprocessing``: as in the evaluation (eroded brain mask, median filter, threshold, small
+   components removed), then back to the native grid (model grid -> data-root grid -> inverse
+   registration and crop); the outputs have the input's shape and affine, so ITK-SNAP and 3D
+   Slicer overlay them on the scan.
 
 Outputs in ``out_dir`` (``<name>`` = the scan's file name without ``.nii[.gz]`` / its suffix, or the
 DICOM folder's name), always NIfTI on the scan's grid::
@@ -48,27 +46,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from monai.data import MetaTensor
 from scipy import ndimage
 
 from pddpm_monai import __version__
-from pddpm_monai.evaluation.postprocess import PostprocessConfig, binarize, postprocess_anomaly_map
+from pddpm_monai.evaluation.detection import ANOMALY_KEY, BRAIN_KEY, scan_postprocessing, scan_preprocessing
+from pddpm_monai.evaluation.postprocess import PostprocessConfig
 from pddpm_monai.evaluation.threshold import read_threshold_file
 from pddpm_monai.transforms.config import Device, PreprocessConfig
+from pddpm_monai.transforms.inference import SCAN_RECORD_KEY
 from pddpm_monai.transforms.loading import ModelGridConfig
-from pddpm_monai.transforms.native import to_native
-from pddpm_monai.transforms.scan_io import read_scan, scan_as_nifti
-from pddpm_monai.utils import InputError, read_nifti, save_json, save_nifti
+from pddpm_monai.transforms.scan_io import read_scan, scan_name
+from pddpm_monai.utils import InputError, plain_json, save_json, save_nifti
 
 __all__ = [
     "DetectConfig",
     "DetectResult",
     "THRESHOLD_FILES",
     "BUNDLE_CHECKPOINT",
-    "scan_name",
     "output_paths",
     "resolve_threshold",
     "bundle_checkpoint",
-    "model_grid_to_native",
     "lesion_statistics",
     "detect_scan",
 ]
@@ -89,9 +88,6 @@ OUTPUT_SUFFIXES: dict[str, str] = {
     "report": "_report.png",
     "summary": "_summary.json",
 }
-PREPROCESSED_FILES: dict[str, str] = {"t2": "t2.nii.gz", "mask": "mask.nii.gz", "record": "record.json"}
-#: the NIfTI copy of a non-NIfTI scan (DICOM series, NRRD, MetaImage) in the cache folder
-NATIVE_NIFTI = "native.nii.gz"
 
 
 @dataclass(frozen=True)
@@ -141,25 +137,6 @@ class DetectResult:
     paths: dict[str, Path]
     summary: dict[str, Any]
     skipped: bool = False
-
-
-def _plain(obj: Any) -> Any:
-    """``obj`` as it reads back from JSON (tuples become lists), for comparisons with stored records."""
-    return json.loads(json.dumps(obj, default=str))
-
-
-def scan_name(path: str | os.PathLike) -> str:
-    """The scan's file name without ``.nii.gz`` / ``.nii`` / its suffix, or the DICOM folder's name.
-
-    (The prefix of every output.)
-    """
-    name = Path(path).name
-    if Path(path).is_dir():
-        return name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
 
 
 def output_paths(scan: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -248,37 +225,7 @@ def resolve_threshold(
     )
 
 
-# --------------------------------------------------------------------------------------- geometry
-
-
-def model_grid_to_native(
-    volume: np.ndarray, affine: np.ndarray, record: dict[str, Any], *, mode: str = "linear"
-) -> np.ndarray:
-    """Map a model-grid volume (any grid inside the data-root space) onto the native scan grid.
-
-    The volume is first resampled onto the data-root grid through world coordinates (zero outside
-    the model grid's field of view), then :func:`~pddpm_monai.transforms.native.to_native`
-    undoes the crop and the registration.
-
-    Args:
-        volume: 3-D array on the grid of ``affine`` (RAS, as nibabel).
-        affine: its affine in the data-root world.
-        record: the preprocessing record (``root_grid``, ``native``, ``registration``).
-        mode: ``"linear"`` or ``"nearest"``.
-
-    Returns:
-        the array on the native grid (``record["native"]["shape"]``).
-    """
-    import SimpleITK as sitk
-
-    from pddpm_monai.transforms.sitk_convert import array_to_sitk, sitk_to_array
-
-    root = record["root_grid"]
-    moving = array_to_sitk(np.asarray(volume, dtype=np.float32), np.asarray(affine, dtype=np.float64))
-    reference = array_to_sitk(np.zeros(root["shape"], dtype=np.uint8), np.asarray(root["affine"]))
-    interp = sitk.sitkNearestNeighbor if mode == "nearest" else sitk.sitkLinear
-    on_root = sitk.Resample(moving, reference, sitk.Transform(), interp, 0.0, sitk.sitkFloat32)
-    return to_native(sitk_to_array(on_root)[0], record, mode=mode)[0]  # type: ignore[arg-type]
+# --------------------------------------------------------------------------------------- outputs
 
 
 def lesion_statistics(lesions: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
@@ -332,64 +279,30 @@ def _load_scorer(checkpoint: Path, config: DetectConfig) -> Any:
     return scorer
 
 
-def _preprocessed(
-    scan: Path, work: Path, atlas: Any, config: DetectConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """``(t2, mask, affine, record)`` on the data-root grid, cached in ``work``."""
-    from pddpm_monai.data.prepare import preprocess_scan
+def _run_chain(
+    scan: Path, out: Path, scorer: Any, threshold: float, atlas: Any, config: DetectConfig
+) -> dict:
+    """The detection chain of :mod:`~pddpm_monai.evaluation.detection` with the checkpoint's scorer.
 
-    paths = {k: work / v for k, v in PREPROCESSED_FILES.items()}
-    if not config.overwrite and all(p.is_file() for p in paths.values()):
-        record = json.loads(paths["record"].read_text(encoding="utf-8"))
-        same = (
-            record.get("source") == str(scan)
-            and record.get("skull_stripped") == config.skull_stripped
-            and record.get("atlas") == atlas.describe()
-            and record.get("config") == _plain(dataclasses.asdict(config.preprocess))
-        )
-        if same:
-            t2, affine = read_nifti(paths["t2"])
-            mask, _ = read_nifti(paths["mask"], dtype=np.uint8)
-            return t2, mask, affine, record
-    t2, mask, affine, record = preprocess_scan(
-        scan,
+    The preprocessing is cached in ``<out>/<name>_preprocessed/``.
+    """
+    pre = scan_preprocessing(
+        raw=True,
         atlas=atlas,
         skull_stripped=config.skull_stripped,
         device=config.device,
-        config=config.preprocess,
+        preprocess=config.preprocess,
+        loading=config.loading,
+        smooth=config.smooth,
+        cache_dir=out,
     )
-    record = {**record, "skull_stripped": config.skull_stripped, "atlas": atlas.describe()}
-    save_nifti(t2.astype(np.float32), affine, paths["t2"])
-    save_nifti(mask.astype(np.uint8), affine, paths["mask"])
-    save_json(record, paths["record"])  # last: marks the cache complete
-    return t2, mask, affine, record
-
-
-def _model_grid(t2: np.ndarray, mask: np.ndarray, affine: np.ndarray, config: DetectConfig) -> dict[str, Any]:
-    """The data-root volumes on the model grid (the loader of training and evaluation)."""
-    from pddpm_monai.transforms.loading import model_grid_transforms
-    from pddpm_monai.transforms.sitk_convert import to_metatensor
-
-    load = model_grid_transforms(("image", "mask"), config=config.loading, load=False, smooth=config.smooth)
-    return load(
-        {
-            "image": to_metatensor(t2.astype(np.float32), affine),
-            "mask": to_metatensor(mask.astype(np.float32), affine),
-        }
-    )
-
-
-def _score(
-    scorer: Any, grid: dict[str, Any], threshold: float, config: DetectConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(post-processed anomaly map, binary prediction)`` on the model grid."""
-    import torch
-
-    image, mask = grid["image"], grid["mask"]
+    data = pre({"image": str(scan)})
+    image = data["image"]
     with torch.no_grad():
-        _, raw = scorer(image.as_tensor(), mask.as_tensor())
-    scores = postprocess_anomaly_map(raw, mask, config.postprocess)
-    return scores, binarize(scores, threshold, config.postprocess)
+        _, raw = scorer(image.as_tensor(), data["mask"].as_tensor())
+    data["pred"] = MetaTensor(torch.as_tensor(raw).reshape(image.shape).float(), meta=dict(image.meta))
+    post = scan_postprocessing(threshold, config=config.postprocess, mask_level=config.mask_level)
+    return post(data)
 
 
 def _model_summary(scorer: Any, checkpoint: Path) -> dict[str, Any]:
@@ -436,7 +349,7 @@ def detect_scan(
     paths = output_paths(scan, out)
     if not config.overwrite and all(p.is_file() for p in paths.values()):
         previous = json.loads(paths["summary"].read_text(encoding="utf-8"))
-        same_run = previous.get("config") == _plain(dataclasses.asdict(config)) and previous.get(
+        same_run = previous.get("config") == plain_json(dataclasses.asdict(config)) and previous.get(
             "model", {}
         ).get("checkpoint") == str(checkpoint)
         if same_run:
@@ -446,19 +359,12 @@ def detect_scan(
     threshold, source = resolve_threshold(
         checkpoint, threshold=config.threshold, thresholds_file=config.thresholds_file, dataset=config.dataset
     )
-    work = out / f"{scan_name(scan)}_preprocessed"
-    nifti = scan_as_nifti(scan, work / NATIVE_NIFTI)  # the chain reads NIfTI; same voxels and grid
-    t2, mask, affine, record = _preprocessed(nifti, work, atlas, config)
-    grid = _model_grid(t2, mask, affine, config)
-    scores, prediction = _score(scorer, grid, threshold, config)
+    data = _run_chain(scan, out, scorer, threshold, atlas, config)
     from pddpm_monai.pipeline.report import plot_detection
 
-    grid_affine = np.asarray(grid["image"].affine, dtype=np.float64)
-    anomaly = model_grid_to_native(scores, grid_affine, record)
-    brain = to_native(mask.astype(np.float32), record, mode="nearest")[0] > 0
-    lesions = (
-        model_grid_to_native(prediction.astype(np.float32), grid_affine, record) >= config.mask_level
-    ) & brain
+    record = json.loads(data[SCAN_RECORD_KEY])
+    anomaly, lesions, brain = (data[k].numpy()[0] for k in (ANOMALY_KEY, "pred", BRAIN_KEY))
+    lesions, brain = lesions > 0, brain > 0
     save_nifti(anomaly.astype(np.float32), native_affine, paths["anomaly"])
     save_nifti(lesions.astype(np.uint8), native_affine, paths["lesions"])
     save_nifti(brain.astype(np.uint8), native_affine, paths["brain"])
@@ -483,7 +389,7 @@ def detect_scan(
         "preprocessing_seconds": record.get("seconds", {}),
         "seconds": round(time.perf_counter() - start, 2),
         "outputs": {k: str(p) for k, p in paths.items()},
-        "config": _plain(dataclasses.asdict(config)),
+        "config": plain_json(dataclasses.asdict(config)),
     }
     save_json(summary, paths["summary"])  # last: marks the scan finished
     return DetectResult(paths, summary)

@@ -1,10 +1,13 @@
-"""Transforms of single-scan inference (the bundle's ``configs/inference.json``, MONAI Label).
+"""Transforms of single-scan inference: ``pddpm detect``, the bundle's ``configs/inference.json``, MONAI Label.
 
 A scan comes in either already preprocessed (on the data-root grid: skull-stripped, registered,
 192x192x160, as the files of a data root) or raw (native scan, ``raw=True``: the §4.1 chain runs on
-it, and the outputs are mapped back to the native grid at the end). In both cases:
+it, and the outputs are mapped back to the native grid at the end). The one chain of all three
+entries is :func:`~pddpm_monai.evaluation.detection.scan_preprocessing` ->
+scorer/inferer -> :func:`~pddpm_monai.evaluation.detection.scan_postprocessing`, built from:
 
-1. :class:`PrepareScand` brings the scan to the data-root grid and adds its brain mask;
+1. :class:`PrepareScand`: the scan onto the data-root grid, plus its brain mask (``cache_dir``
+   keeps the preprocessed scan so that a re-run skips HD-BET, registration and N4);
 2. the model-grid transforms (``model_grid_transforms(load=False)``) make the 96x96x50 input;
 3. after the inferer and post-processing, MONAI's ``ResampleToMatchd`` maps the maps back onto the
    data-root grid (a copy of the image kept by ``CopyItemsd``), and :class:`ToNatived` onto the
@@ -16,8 +19,11 @@ The subject record of a raw scan (registration, grids) travels as a JSON string 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,14 +37,22 @@ from pddpm_monai.transforms.atlas import Atlas, resolve_atlas
 from pddpm_monai.transforms.chain import preprocessing_transforms
 from pddpm_monai.transforms.config import PreprocessConfig
 from pddpm_monai.transforms.native import to_native
+from pddpm_monai.transforms.scan_io import scan_name
 from pddpm_monai.transforms.sitk_convert import RECORD_KEY, Interp, to_metatensor
 from pddpm_monai.transforms.skull_strip import BrainMaskFromImaged
-from pddpm_monai.utils import InputError
+from pddpm_monai.utils import InputError, plain_json, read_nifti, save_json, save_nifti
 
-__all__ = ["SCAN_RECORD_KEY", "PrepareScand", "ToNatived"]
+__all__ = ["SCAN_RECORD_KEY", "CACHE_FILES", "cache_folder", "PrepareScand", "ToNatived"]
 
 #: key of the raw scan's preprocessing record (a JSON string; empty for preprocessed input)
 SCAN_RECORD_KEY = "scan_record"
+#: the files of one scan's preprocessing cache (the record last: it marks the cache complete)
+CACHE_FILES: dict[str, str] = {"t2": "t2.nii.gz", "mask": "mask.nii.gz", "record": "record.json"}
+
+
+def cache_folder(cache_dir: str | os.PathLike, scan: str | os.PathLike) -> Path:
+    """The preprocessing cache of ``scan`` in ``cache_dir``: ``<cache_dir>/<scan name>_preprocessed``."""
+    return Path(cache_dir) / f"{scan_name(scan)}_preprocessed"
 
 
 def _filename(img: Any) -> str:
@@ -65,6 +79,10 @@ class PrepareScand(MapTransform):
         skull_stripped: the raw scan is already skull-stripped (no HD-BET).
         device: HD-BET device.
         config: the preprocessing settings.
+        cache_dir: keep the preprocessed raw scan in ``cache_folder(cache_dir, scan)`` (``t2``, ``mask``,
+            ``record``) and reuse it when the scan, atlas, ``skull_stripped`` and ``config`` are the
+            same. A fresh result is read back from the cache too, so a first run and a re-run see the
+            same bits (NIfTI stores the affine in single precision). ``None``: no cache.
     """
 
     def __init__(
@@ -78,16 +96,75 @@ class PrepareScand(MapTransform):
         skull_stripped: bool = False,
         device: str = "cpu",
         config: PreprocessConfig = PreprocessConfig(),
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         super().__init__(keys)
         if len(self.keys) != 1:
             raise ValueError(f"PrepareScand takes one image key, got {self.keys}.")
         self.mask_key, self.record_key = mask_key, record_key
         self.raw, self.atlas, self.skull_stripped = raw, atlas, skull_stripped
-        self.device, self.config = device, config
+        self.device, self.config, self.cache_dir = device, config, cache_dir
 
-    def _atlas(self) -> Any:
+    def _atlas(self) -> Atlas:
         return self.atlas if isinstance(self.atlas, Atlas) else resolve_atlas(self.atlas)
+
+    def _preprocess(self, img: MetaTensor, source: str, atlas: Atlas) -> tuple[MetaTensor, MetaTensor, dict]:
+        """The §4.1 chain on the native scan: ``(t2, mask, record)`` on the data-root grid."""
+        arr = img.detach().cpu().numpy()[0].astype(np.float32)
+        scan = {
+            "t2": to_metatensor(arr, np.asarray(img.affine, dtype=np.float64)),
+            RECORD_KEY: {"source": source},
+        }
+        chain = preprocessing_transforms(
+            atlas, skull_stripped=self.skull_stripped, device=self.device, config=self.config
+        )
+        out = chain(scan)
+        t2 = out["t2"]
+        record = {
+            **out[RECORD_KEY],
+            "root_grid": {"shape": list(t2.shape[1:]), "affine": np.asarray(t2.affine).tolist()},
+            **self._cache_key(source, atlas),
+        }
+        return t2, out["mask"], record
+
+    def _cache_key(self, source: str, atlas: Atlas) -> dict[str, Any]:
+        """What a cached result must match (stored in its record)."""
+        return plain_json(
+            {
+                "source": source,
+                "skull_stripped": self.skull_stripped,
+                "atlas": atlas.describe(),
+                "config": dataclasses.asdict(self.config),
+            }
+        )
+
+    def _cached(self, source: str, atlas: Atlas) -> tuple[MetaTensor, MetaTensor, dict] | None:
+        """The cached ``(t2, mask, record)`` of ``source`` when it matches, else ``None``."""
+        folder = cache_folder(self.cache_dir, source)  # type: ignore[arg-type]
+        paths = {k: folder / v for k, v in CACHE_FILES.items()}
+        if not all(p.is_file() for p in paths.values()):
+            return None
+        record = json.loads(paths["record"].read_text(encoding="utf-8"))
+        if any(record.get(k) != v for k, v in self._cache_key(source, atlas).items()):
+            return None
+        (t2, affine), (mask, _) = (read_nifti(paths[k]) for k in ("t2", "mask"))
+        record["root_grid"] = {"shape": list(t2.shape), "affine": affine.tolist()}  # the affine as stored
+        return to_metatensor(t2, affine), to_metatensor(mask, affine), record
+
+    def _raw(self, img: MetaTensor, source: str) -> tuple[MetaTensor, MetaTensor, dict]:
+        """``(t2, mask, record)`` of a raw scan, through the cache when there is one."""
+        atlas = self._atlas()
+        if self.cache_dir is None:
+            return self._preprocess(img, source, atlas)
+        cached = self._cached(source, atlas)
+        if cached is None:
+            t2, mask, record = self._preprocess(img, source, atlas)
+            folder = cache_folder(self.cache_dir, source)
+            save_nifti(t2.numpy()[0].astype(np.float32), np.asarray(t2.affine), folder / CACHE_FILES["t2"])
+            save_nifti(mask.numpy()[0].astype(np.uint8), np.asarray(t2.affine), folder / CACHE_FILES["mask"])
+            save_json(record, folder / CACHE_FILES["record"])  # last: marks the cache complete
+            cached = self._cached(source, atlas)
+        return cached  # type: ignore[return-value]
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -107,21 +184,10 @@ class PrepareScand(MapTransform):
             d[self.mask_key] = MetaTensor(d[self.mask_key].float(), meta=dict(img.meta))
             d[self.record_key] = ""
             return d
-        arr = img.detach().cpu().numpy()[0].astype(np.float32)
-        scan = {
-            "t2": to_metatensor(arr, np.asarray(img.affine, dtype=np.float64)),
-            RECORD_KEY: {"source": _filename(img)},
-        }
-        chain = preprocessing_transforms(
-            self._atlas(), skull_stripped=self.skull_stripped, device=self.device, config=self.config
-        )
-        out = chain(scan)
-        record = dict(out[RECORD_KEY])
-        t2 = out["t2"]
-        record["root_grid"] = {"shape": list(t2.shape[1:]), "affine": np.asarray(t2.affine).tolist()}
-        meta = {"filename_or_obj": _filename(img)}
-        d[key] = MetaTensor(t2.float().as_tensor(), affine=t2.affine, meta=meta)
-        d[self.mask_key] = MetaTensor(out["mask"].float().as_tensor(), affine=t2.affine, meta=dict(meta))
+        t2, mask, record = self._raw(img, _filename(img))
+        for out_key, value in ((key, t2), (self.mask_key, mask)):  # a fresh meta dict each: MetaTensor keeps it
+            meta = {"filename_or_obj": _filename(img)}
+            d[out_key] = MetaTensor(value.float().as_tensor(), affine=t2.affine, meta=meta)
         d[self.record_key] = json.dumps(record, default=str)
         return d
 

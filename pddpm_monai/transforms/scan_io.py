@@ -44,6 +44,7 @@ __all__ = [
     "dicom_series",
     "read_scan",
     "scan_as_nifti",
+    "scan_name",
     "ScanReader",
 ]
 
@@ -163,6 +164,20 @@ def read_scan(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise InputError(path, f"not a readable image ({first})") from None
     return _read_sitk(path, image)
+
+
+def scan_name(path: str | os.PathLike) -> str:
+    """The scan's file name without ``.nii.gz`` / ``.nii`` / its suffix, or the DICOM folder's name.
+
+    (The prefix of ``pddpm detect``'s outputs and of a scan's preprocessing cache.)
+    """
+    name = Path(path).name
+    if Path(path).is_dir():
+        return name
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
 
 
 def scan_as_nifti(path: str | os.PathLike, out: str | os.PathLike) -> Path:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pytest
+from monai.bundle import ConfigParser
 from scipy import ndimage
 
 from pddpm_monai.cli import main
@@ -22,10 +25,11 @@ from pddpm_monai.pipeline.detect import (
 )
 from pddpm_monai.transforms.atlas import resolve_atlas
 from pddpm_monai.transforms.config import PreprocessConfig
-from pddpm_monai.utils import InputError, save_checkpoint
+from pddpm_monai.utils import InputError, plain_json, save_checkpoint
 from tests.pipeline.conftest import TINY_PDDPM
 
 BRATS_CASE = "Brats18_2013_3_1"
+BUNDLE_CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "pddpm_brain_uad" / "configs"
 #: fewer N4 iterations than the default keep the real-scan tests short (same chain otherwise)
 FAST_PREPROCESS = PreprocessConfig(n4_iterations=(20, 20))
 
@@ -223,6 +227,40 @@ def test_brats_case_map_is_higher_in_the_tumour(shared_data, tiny_model, tmp_pat
     dice = 2 * (lesions.astype(bool) & seg).sum() / max(lesions.astype(bool).sum() + seg.sum(), 1)
     print(
         f"BraTS {BRATS_CASE}: mean map inside/outside the tumour {inside:.4f}/{outside:.4f}, Dice {dice:.3f}"
+    )
+    # one detection chain: the bundle's inference config on the same raw scan gives the same outputs
+    bundle_anomaly, bundle_mask = _bundle_inference(scan, tmp_path / "bundle", tiny_model, FAST_PREPROCESS)
+    np.testing.assert_allclose(bundle_anomaly, anomaly, rtol=0, atol=1e-5 * float(anomaly.max()))
+    np.testing.assert_array_equal(bundle_mask, lesions)
+
+
+def _bundle_inference(
+    scan: Path, out: Path, model: Any, preprocess: PreprocessConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(anomaly map, mask)`` of the bundle's ``configs/inference.json`` on a raw skull-stripped scan."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_CONFIGS / "inference.json"))
+    preprocess_config = {"_target_": "pddpm_monai.transforms.config.PreprocessConfig"}
+    preprocess_config.update(plain_json(dataclasses.asdict(preprocess)))
+    parser.update(
+        {
+            "bundle_root": str(out),
+            "model_path": str(model.checkpoint),
+            "image": str(scan),
+            "output_dir": str(out),
+            "raw_input": True,
+            "skull_stripped": True,
+            "atlas": str(model.atlas_dir),
+            "threshold": model.threshold,
+            "device": "$torch.device('cpu')",
+            "preprocessing#preprocess": preprocess_config,
+        }
+    )
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("inference")
+    name = scan.name.removesuffix(".nii.gz")
+    return tuple(
+        np.asarray(nib.load(str(out / f"{name}_{kind}.nii.gz")).dataobj) for kind in ("anomaly", "mask")
     )
 
 

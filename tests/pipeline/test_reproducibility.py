@@ -18,7 +18,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pddpm_monai.pipeline.detect import PREPROCESSED_FILES, output_paths, scan_name
+from pddpm_monai.pipeline.detect import output_paths
+from pddpm_monai.transforms.inference import CACHE_FILES, cache_folder
 
 #: the thread count both runs share (the test process itself runs torch on 1 thread, tests/conftest.py)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -73,13 +74,13 @@ def test_detect_twice_gives_identical_preprocessing_and_masks(shared_data, tiny_
         ]
     )
     first, second = (output_paths(scan, out) for out in outs)
-    work = [out / f"{scan_name(scan)}_preprocessed" for out in outs]
+    work = [cache_folder(out, scan) for out in outs]
     # the preprocessed scan: HD-BET mask, registration (transform in the record), crop and N4
     for key in ("t2", "mask"):
-        a, b = (_voxels(w / PREPROCESSED_FILES[key]) for w in work)
+        a, b = (_voxels(w / CACHE_FILES[key]) for w in work)
         assert a.any(), key
         np.testing.assert_array_equal(a, b, err_msg=f"preprocessed {key}")
-    records = [json.loads((w / PREPROCESSED_FILES["record"]).read_text(encoding="utf-8")) for w in work]
+    records = [json.loads((w / CACHE_FILES["record"]).read_text(encoding="utf-8")) for w in work]
     assert records[0]["registration"] == records[1]["registration"]
     # the outputs on the native grid: brain mask, anomaly map, lesion mask
     for key in ("brain", "anomaly", "lesions"):
