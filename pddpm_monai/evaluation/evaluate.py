@@ -40,10 +40,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.data import Dataset
 from tqdm.auto import tqdm
 
 from pddpm_monai.data.adapters import DATASETS, DatasetSpec
 from pddpm_monai.data.datalist import read_split_csv, split_path
+from pddpm_monai.data.dataset import volume_dataset
 from pddpm_monai.evaluation.metrics import VoxelSet, dice_score, pr_histogram, volume_metrics
 from pddpm_monai.evaluation.postprocess import PostprocessConfig, binarize, postprocess_anomaly_map
 from pddpm_monai.evaluation.threshold import ValidationPool, fpr_threshold
@@ -218,7 +220,7 @@ class VolumeLoader:
         if config.grid == "full":
             full = ModelGridConfig(**{**asdict(config.loading), "downsample": 1.0})
             self._full = model_grid_transforms(self.keys, config=full, smooth=config.smooth)
-        self._memory: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, Any]] = {}
+        self._memory: dict[tuple[str, tuple[tuple[str, str], ...]], Dataset] = {}
 
     @property
     def has_full_grid(self) -> bool:
@@ -231,13 +233,18 @@ class VolumeLoader:
             raise ValueError("the VolumeLoader was built for other loading/smooth/grid settings")
 
     def _load(self, which: str, subject: dict[str, str]) -> dict[str, Any]:
+        """One subject through the data package's :func:`~pddpm_monai.data.dataset.volume_dataset`.
+
+        With ``cache``, each subject's dataset (an in-memory ``CacheDataset``) is kept, keyed by its
+        files, so that every method and setting scored in this process reuses it.
+        """
         transform = self._model if which == "model" else self._full
         if not self.cache:
-            return transform(subject)
+            return volume_dataset([subject], keys=self.keys, cache="none", transform=transform)[0]
         key = (which, tuple(sorted(subject.items())))
         if key not in self._memory:
-            self._memory[key] = transform(subject)
-        return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self._memory[key].items()}
+            self._memory[key] = volume_dataset([subject], keys=self.keys, cache="memory", transform=transform)
+        return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self._memory[key][0].items()}
 
     def model(self, subject: dict[str, str]) -> dict[str, Any]:
         """``{"image", "mask"[, "seg"]}`` of one subject on the model grid."""

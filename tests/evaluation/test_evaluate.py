@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.transforms import Lambda
 
 from pddpm_monai.cli import main as cli_main
 from pddpm_monai.data.datalist import read_split_csv, split_path
@@ -470,7 +471,8 @@ def test_shared_cached_loader_loads_each_subject_once_and_changes_nothing(tiny_r
     loader = VolumeLoader(config, cache=True)
     loads = []
     transform = loader._model
-    loader._model = lambda subject: loads.append(subject["image"]) or transform(subject)
+    # a MONAI transform (not a plain function): CacheDataset caches up to the first non-Transform
+    loader._model = Lambda(lambda subject: loads.append(subject["image"]) or transform(subject))
     first = evaluate_method(InPlaceThresh(), tiny_root, tmp_path / "a", config=config, loader=loader)
     n_subjects = len(loads)
     second = evaluate_method(ThreshScorer(), tiny_root, tmp_path / "b", config=config, loader=loader)
