@@ -146,15 +146,10 @@ class PatchedDiffusionInferer(SliceDiffusionInferer):
     """MONAI inferer for pDDPM: patched reconstruction (or anomaly map) of slices or volumes.
 
     Args:
-        process: the forward process the network was trained with.
-        t_test: the paper's test timestep (network at index ``t_test - 1``).
+        process, t_test, max_batch, return_anomaly_map, seed, slice_batch: as
+            :class:`~pddpm_monai.inferers.reconstruction.SliceDiffusionInferer`.
         patch_size: patch size (int or ``(h, w)``).
-        max_batch: most images per network call.
         mode: ``"batched"`` or ``"sequential"`` (see :func:`patched_reconstruction`).
-        return_anomaly_map: return ``|x_0 - x^_0|`` instead of the reconstruction.
-        seed: seed of a fresh CPU generator per call when no generator is passed (reproducible
-            output from a bundle config); ``None`` uses torch's global generator.
-        slice_batch: slices per batch for a volume input ``(B, C, H, W, D)``.
         grid: ``"overlap"`` (default) or ``"tile"`` (the authors' grid).
         precision: ``"fp32"``, ``"bf16"``, ``"auto"`` or ``None`` (the process default, read at
             each call; see :mod:`pddpm_monai.inferers.precision`).
