@@ -33,7 +33,7 @@ from pddpm_monai.evaluation.evaluate import evaluate_method
 from pddpm_monai.evaluation.table import write_table
 from pddpm_monai.evaluation.threshold import read_threshold_file
 from pddpm_monai.inferers import DiffusionReconstructionInferer, PatchedDiffusionInferer
-from pddpm_monai.methods.checkpoint import method_from_checkpoint, read_checkpoint
+from pddpm_monai.methods.checkpoint import inference_method
 from pddpm_monai.networks.patched_anomaly import PatchedAnomalyUNet
 from pddpm_monai.transforms.config import PreprocessConfig
 from pddpm_monai.transforms.loading import ModelGridConfig
@@ -122,13 +122,7 @@ def checkpoint_inferer(
     Raises:
         InputError: naming ``path`` for a missing/bad checkpoint or a method without diffusion inferer.
     """
-    state = read_checkpoint(path)
-    overrides = {"t_test": t_test, "max_batch": max_batch}
-    if state["method"] == "pddpm":
-        overrides["patch_size"] = patch_size
-    elif patch_size is not None:
-        raise InputError(path, f"patch_size does not apply to method {state['method']!r}")
-    method = method_from_checkpoint(state, path, overrides=overrides)
+    method = inference_method(path, t_test=t_test, patch_size=patch_size, max_batch=max_batch)
     config = method.config
     common = dict(
         t_test=config.t_test,
@@ -137,13 +131,13 @@ def checkpoint_inferer(
         seed=seed,
         slice_batch=slice_batch,
     )
-    if state["method"] == "pddpm":
+    if method.name == "pddpm":
         return PatchedDiffusionInferer(
             method.process, patch_size=config.patch_size, grid=config.patch_grid, **common
         )
-    if state["method"] == "ddpm":
+    if method.name == "ddpm":
         return DiffusionReconstructionInferer(method.process, **common)
-    raise InputError(path, f"method {state['method']!r} has no diffusion inferer for the bundle")
+    raise InputError(path, f"method {method.name!r} has no diffusion inferer for the bundle")
 
 
 def _model_grid_size() -> tuple[int, int, int]:
@@ -184,16 +178,10 @@ def inference_network(
     Raises:
         InputError: naming ``path`` for a missing/bad checkpoint or a method without a diffusion UNet.
     """
-    state = read_checkpoint(path)
-    name = state["method"]
+    method = inference_method(path, t_test=t_test, patch_size=patch_size)
+    name = method.name
     if name not in ("pddpm", "ddpm"):
         raise InputError(path, f"method {name!r} has no diffusion UNet for the bundle's network_def")
-    overrides: dict[str, Any] = {"t_test": t_test}
-    if name == "pddpm":
-        overrides["patch_size"] = patch_size
-    elif patch_size is not None:
-        raise InputError(path, f"patch_size does not apply to method {name!r}")
-    method = method_from_checkpoint(state, path, overrides=overrides)
     config, process = method.config, method.process
     height, width, depth = (int(v) for v in spatial_size)
     if name == "pddpm":

@@ -218,17 +218,11 @@ def sample_patch_masks(
     """Binary masks ``M_p`` of one training box per sample (see :func:`sample_patch_boxes`).
 
     Args:
-        batch: number of samples.
-        height: image height.
-        width: image width.
-        patch_h: patch height.
-        patch_w: patch width.
-        sampling: ``"fixed"`` (a grid position per sample) or ``"random"`` (any box inside).
-        generator: CPU generator for reproducible draws (the draw happens on the CPU, so the
-            result does not depend on ``device``).
+        batch, height, width, patch_h, patch_w, sampling, generator, grid: as
+            :func:`sample_patch_boxes` (the draw happens on the CPU: the result does not depend on
+            ``device``).
         device: device of the masks.
         dtype: dtype of the masks.
-        grid: the grid of ``"fixed"`` sampling (see :func:`patch_grid`).
 
     Returns:
         ``(batch, 1, H, W)`` binary masks.

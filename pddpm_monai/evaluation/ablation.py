@@ -291,32 +291,20 @@ def run_ablation(
     loader = VolumeLoader(config.evaluation, cache=True)  # every setting scores the same volumes
     rows: list[dict[str, Any]] = []
     for fold, checkpoint in enumerate(map(Path, checkpoints)):
-        base = _checkpoint_base(checkpoint)
+        common = {"fold": fold, "config": config.evaluation, "loader": loader}
         done: dict[Setting, Path] = {}
-        for sweep, setting in ablation_settings(base, config.patch_sizes, config.t_tests):
+        for sweep, setting in ablation_settings(
+            _checkpoint_base(checkpoint), config.patch_sizes, config.t_tests
+        ):
             if setting not in done:
                 scorer = _scorer(checkpoint, setting, config, setting.name)
-                extra = {
-                    "checkpoint": str(checkpoint),
-                    "patch_size": setting.patch_size,
-                    "t_test": setting.t_test,
-                }
-                done[setting] = evaluate_method(
-                    scorer, data_root, runs, fold=fold, config=config.evaluation, extra=extra, loader=loader
-                )
+                extra = {"checkpoint": str(checkpoint), **setting._asdict()}
+                done[setting] = evaluate_method(scorer, data_root, runs, extra=extra, **common)
             rows += _summary_rows(done[setting], sweep, setting.name, setting, fold)
         if config.ensemble:
             members = [_scorer(checkpoint, s, config, s.name) for s in config.ensemble]
             extra = {"checkpoint": str(checkpoint), "members": [s._asdict() for s in config.ensemble]}
-            run = evaluate_method(
-                EnsembleScorer(members),
-                data_root,
-                runs,
-                fold=fold,
-                config=config.evaluation,
-                extra=extra,
-                loader=loader,
-            )
+            run = evaluate_method(EnsembleScorer(members), data_root, runs, extra=extra, **common)
             rows += _summary_rows(run, "ensemble", ENSEMBLE_NAME, None, fold)
     csv_path = out / "ablation.csv"
     _write_csv(rows, csv_path)

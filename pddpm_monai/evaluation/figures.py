@@ -22,6 +22,7 @@ from pddpm_monai.utils import atomic_path, read_nifti  # noqa: E402
 
 __all__ = [
     "FigureConfig",
+    "save_figure",
     "plot_pr_curves",
     "plot_overlay",
     "plot_ablation",
@@ -39,7 +40,8 @@ class FigureConfig:
     map_cmap: str = "inferno"
 
 
-def _save(fig: plt.Figure, path: str | os.PathLike, config: FigureConfig) -> Path:
+def save_figure(fig: plt.Figure, path: str | os.PathLike, config: Any) -> Path:
+    """Write ``fig`` as a PNG at ``config.dpi`` (atomically), close it and return ``path``."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=config.dpi, bbox_inches="tight", format="png")
@@ -70,7 +72,7 @@ def plot_pr_curves(
         ax.axhline(prevalence, color="grey", linestyle=":", label="prevalence")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
     ax.legend(fontsize="small")
-    return _save(fig, out_path, config)
+    return save_figure(fig, out_path, config)
 
 
 def _best_slice(seg: np.ndarray | None, scores: np.ndarray) -> int:
@@ -117,7 +119,7 @@ def plot_overlay(
             continue
         ax.imshow(np.rot90(np.asarray(vol, dtype=np.float32)[..., z]), cmap=cmap)
     fig.suptitle(f"{title} (slice {z})" if title else f"slice {z}", fontsize="small")
-    return _save(fig, out_path, config)
+    return save_figure(fig, out_path, config)
 
 
 def plot_ablation(
@@ -147,7 +149,7 @@ def plot_ablation(
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     if len(fold_scores) > 1:
         ax.legend(fontsize="small")
-    return _save(fig, out_path, config)
+    return save_figure(fig, out_path, config)
 
 
 def pick_cases(

@@ -36,6 +36,8 @@ from pddpm_monai.inferers.reconstruction import (
     DEFAULT_T_TEST,
     Network,
     SliceDiffusionInferer,
+    noised_slices,
+    run_network,
 )
 
 __all__ = ["InferenceMode", "PatchedDiffusionInferer", "patched_reconstruction"]
@@ -50,25 +52,6 @@ def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
         return size, size
     height, width = size
     return int(height), int(width)
-
-
-def _check_inputs(inputs: Tensor, process: DiffusionProcess, t_test: int, patch: tuple[int, int]) -> None:
-    """Early, readable errors for the arguments of :func:`patched_reconstruction`."""
-    if inputs.ndim != 4:
-        raise ValueError(f"inputs must be slices (B, C, H, W), got shape {tuple(inputs.shape)}.")
-    if not 1 <= t_test <= process.num_train_timesteps:
-        raise ValueError(
-            f"t_test={t_test} must be in 1..{process.num_train_timesteps} (the network runs at t_test - 1)."
-        )
-    height, width = inputs.shape[-2:]
-    if not (1 <= patch[0] <= height and 1 <= patch[1] <= width):
-        raise ValueError(f"patch size {patch} must fit in the slice size {(height, width)}.")
-
-
-def _run(network: Network, x: Tensor, t_index: int) -> Tensor:
-    """One network call at a constant timestep; the prediction in float32 (or float64)."""
-    timesteps = torch.full((x.shape[0],), t_index, device=x.device, dtype=torch.long)
-    return network(x, timesteps).to(_accumulation_dtype(x))
 
 
 def _accumulation_dtype(x: Tensor) -> torch.dtype:
@@ -87,7 +70,7 @@ def _batched(
         sample, pos = index // num_pos, index % num_pos
         mask = masks[pos]
         noised = x_t[sample] * mask + x0[sample] * (1 - mask)
-        total.index_add_(0, sample, _run(network, noised, t_index) * mask)
+        total.index_add_(0, sample, run_network(network, noised, t_index) * mask)
     return total
 
 
@@ -100,7 +83,7 @@ def _sequential(
         for start in range(0, x0.shape[0], max_batch):
             part = slice(start, start + max_batch)
             noised = x_t[part] * mask + x0[part] * (1 - mask)
-            total[part] += _run(network, noised, t_index) * mask
+            total[part] += run_network(network, noised, t_index) * mask
     return total
 
 
@@ -145,17 +128,12 @@ def patched_reconstruction(
             slice, a non-positive ``max_batch`` or an unknown ``mode``.
     """
     patch = _pair(patch_size)
-    _check_inputs(inputs, process, t_test, patch)
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be positive, got {max_batch}.")
+    x0, x_t, t_index = noised_slices(inputs, process, t_test, max_batch, generator=generator, noise=noise)
+    height, width = inputs.shape[-2:]
+    if not (1 <= patch[0] <= height and 1 <= patch[1] <= width):
+        raise ValueError(f"patch size {patch} must fit in the slice size {(height, width)}.")
     if mode not in ("batched", "sequential"):
         raise ValueError(f"mode must be 'batched' or 'sequential', got {mode!r}.")
-    x0 = process.to_model_space(inputs)
-    if noise is None:
-        noise = process.noise_like(x0, generator=generator)
-    t_index = t_test - 1
-    x_t = process.add_noise(x0, noise.to(device=x0.device, dtype=x0.dtype), torch.tensor(t_index))
-    height, width = inputs.shape[-2:]
     masks = patch_masks(height, width, *patch, device=inputs.device, dtype=inputs.dtype, grid=grid)
     network = precision_network(network, precision, inputs.device)
     run = _batched if mode == "batched" else _sequential
@@ -168,15 +146,10 @@ class PatchedDiffusionInferer(SliceDiffusionInferer):
     """MONAI inferer for pDDPM: patched reconstruction (or anomaly map) of slices or volumes.
 
     Args:
-        process: the forward process the network was trained with.
-        t_test: the paper's test timestep (network at index ``t_test - 1``).
+        process, t_test, max_batch, return_anomaly_map, seed, slice_batch: as
+            :class:`~pddpm_monai.inferers.reconstruction.SliceDiffusionInferer`.
         patch_size: patch size (int or ``(h, w)``).
-        max_batch: most images per network call.
         mode: ``"batched"`` or ``"sequential"`` (see :func:`patched_reconstruction`).
-        return_anomaly_map: return ``|x_0 - x^_0|`` instead of the reconstruction.
-        seed: seed of a fresh CPU generator per call when no generator is passed (reproducible
-            output from a bundle config); ``None`` uses torch's global generator.
-        slice_batch: slices per batch for a volume input ``(B, C, H, W, D)``.
         grid: ``"overlap"`` (default) or ``"tile"`` (the authors' grid).
         precision: ``"fp32"``, ``"bf16"``, ``"auto"`` or ``None`` (the process default, read at
             each call; see :mod:`pddpm_monai.inferers.precision`).

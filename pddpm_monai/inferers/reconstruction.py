@@ -86,10 +86,30 @@ def diffusion_reconstruction(
     Returns:
         the reconstruction ``(B, C, H, W)`` in the data range, float32 (float64 for float64 inputs).
     """
+    _, x_t, t_index = noised_slices(inputs, process, t_test, max_batch, generator=generator, noise=noise)
+    outputs = [
+        run_network(network, x_t[start : start + max_batch], t_index)
+        for start in range(0, len(x_t), max_batch)
+    ]
+    return process.from_model_space(torch.cat(outputs, dim=0))
+
+
+def noised_slices(
+    inputs: Tensor,
+    process: DiffusionProcess,
+    t_test: int,
+    max_batch: int,
+    *,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+) -> tuple[Tensor, Tensor, int]:
+    """``(x_0, x_t, t_index)``: checked slices in model space, noised at ``t_index = t_test - 1``."""
     if inputs.ndim != 4:
         raise ValueError(f"inputs must be slices (B, C, H, W), got shape {tuple(inputs.shape)}.")
     if not 1 <= t_test <= process.num_train_timesteps:
-        raise ValueError(f"t_test={t_test} must be in 1..{process.num_train_timesteps}.")
+        raise ValueError(
+            f"t_test={t_test} must be in 1..{process.num_train_timesteps} (the network runs at t_test - 1)."
+        )
     if max_batch < 1:
         raise ValueError(f"max_batch must be positive, got {max_batch}.")
     x0 = process.to_model_space(inputs)
@@ -97,12 +117,13 @@ def diffusion_reconstruction(
         noise = process.noise_like(x0, generator=generator)
     t_index = t_test - 1
     x_t = process.add_noise(x0, noise.to(device=x0.device, dtype=x0.dtype), torch.tensor(t_index))
-    outputs = []
-    for start in range(0, x_t.shape[0], max_batch):
-        part = x_t[start : start + max_batch]
-        timesteps = torch.full((part.shape[0],), t_index, device=part.device, dtype=torch.long)
-        outputs.append(network(part, timesteps).to(torch.promote_types(part.dtype, torch.float32)))
-    return process.from_model_space(torch.cat(outputs, dim=0))
+    return x0, x_t, t_index
+
+
+def run_network(network: Network, x: Tensor, t_index: int) -> Tensor:
+    """One network call at a constant timestep; the prediction in float32 (float64 for float64 ``x``)."""
+    timesteps = torch.full((x.shape[0],), t_index, device=x.device, dtype=torch.long)
+    return network(x, timesteps).to(torch.promote_types(x.dtype, torch.float32))
 
 
 class SliceDiffusionInferer(Inferer):

@@ -177,6 +177,7 @@ class _ReconstructionMethod(Method):
 
     #: neighbouring slices on each side that the data loaders must stack (SVAE)
     context_slices: int = 0
+    inference_options = ("max_batch",)
 
     def __init__(self, config: Any | None = None) -> None:
         super().__init__(config)
@@ -200,12 +201,11 @@ class AEMethod(_ReconstructionMethod):
     """
 
     config_class = AEConfig
-    inference_options = ("max_batch",)
     config: AEConfig
 
     def __init__(self, config: AEConfig | None = None) -> None:
         super().__init__(config)
-        self.network = self.config.network.build(in_channels=1)
+        self.network = self.config.network.build(in_channels=2 * self.context_slices + 1)
 
     def forward_reconstruction(self, x: Tensor) -> Tensor:
         mu, _ = vae_encode(self.network, x)
@@ -217,7 +217,7 @@ class AEMethod(_ReconstructionMethod):
 
 
 @register_method("vae")
-class VAEMethod(_ReconstructionMethod):
+class VAEMethod(AEMethod):
     """Dense VAE: loss ``|x - D(z)| + beta * KL``, ``z = mu + eps * sigma``; reconstruction ``D(mu)``.
 
     Args:
@@ -225,16 +225,7 @@ class VAEMethod(_ReconstructionMethod):
     """
 
     config_class = VAEConfig
-    inference_options = ("max_batch",)
-    config: VAEConfig
-
-    def __init__(self, config: VAEConfig | None = None) -> None:
-        super().__init__(config)
-        self.network = self.config.network.build(in_channels=2 * self.context_slices + 1)
-
-    def forward_reconstruction(self, x: Tensor) -> Tensor:
-        mu, _ = vae_encode(self.network, x)
-        return vae_decode(self.network, mu)
+    config: VAEConfig  # type: ignore[assignment]
 
     def _target(self, images: Tensor) -> Tensor:
         return images
@@ -311,7 +302,6 @@ class DAEMethod(_ReconstructionMethod):
     """
 
     config_class = DAEConfig
-    inference_options = ("max_batch",)
     config: DAEConfig
 
     def __init__(self, config: DAEConfig | None = None) -> None:
@@ -350,7 +340,6 @@ class FAnoGANMethod(_ReconstructionMethod):
     """
 
     config_class = FAnoGANConfig
-    inference_options = ("max_batch",)
     config: FAnoGANConfig
 
     def __init__(self, config: FAnoGANConfig | None = None) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "save_method_checkpoint",
     "read_checkpoint",
     "upgrade_checkpoint",
+    "inference_method",
     "load_method",
     "VolumeScorer",
     "load_scorer",
@@ -183,6 +184,26 @@ def method_from_checkpoint(
     return method
 
 
+def inference_method(path: str | os.PathLike, *, method: str | None = None, **options: Any) -> Method:
+    """The trained method of a checkpoint with some of its ``inference_options`` changed.
+
+    Args:
+        path: the checkpoint.
+        method: the expected method name (``None``: any).
+        options: inference options (``t_test``, ``patch_size``, ...); ``None`` keeps the trained value.
+
+    Raises:
+        InputError: naming ``path`` for a bad checkpoint, a method mismatch, or an option that the
+            method does not have (``patch_size`` for ``ddpm``).
+    """
+    state = read_checkpoint(path, method=method)
+    allowed = METHODS[state["method"]].inference_options
+    for key, value in options.items():
+        if value is not None and key not in allowed:
+            raise InputError(path, f"option {key} does not apply to method {state['method']!r}")
+    return method_from_checkpoint(state, path, overrides=options)
+
+
 def load_method(
     path: str | os.PathLike,
     *,
@@ -319,13 +340,9 @@ def load_scorer(
         InputError: naming ``path`` for a bad checkpoint, a method mismatch, or an option that the
             method does not have (``patch_size`` for ``ddpm``).
     """
-    state = read_checkpoint(path, method=method)
-    overrides = {"t_test": t_test, "patch_size": patch_size, "patch_grid": patch_grid}
-    allowed = METHODS[state["method"]].inference_options
-    for key, value in overrides.items():
-        if value is not None and key not in allowed:
-            raise InputError(path, f"option {key} does not apply to method {state['method']!r}")
-    scorer_method = method_from_checkpoint(state, path, overrides=overrides)
+    scorer_method = inference_method(
+        path, method=method, t_test=t_test, patch_size=patch_size, patch_grid=patch_grid
+    )
     return VolumeScorer(
-        scorer_method, name=name or state["method"], device=device, slice_batch=slice_batch, seed=seed
+        scorer_method, name=name or scorer_method.name, device=device, slice_batch=slice_batch, seed=seed
     )

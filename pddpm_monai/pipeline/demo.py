@@ -153,43 +153,19 @@ class DemoConfig:
         )
 
 
-@dataclass(frozen=True)
 class DemoPaths:
-    """Where each stage writes, under the demo's output folder."""
+    """Where each stage writes, under the demo's output folder ``out``."""
 
-    out: Path
-
-    @property
-    def raw(self) -> Path:
-        return self.out / "raw"
-
-    @property
-    def atlas(self) -> Path:
-        return self.out / "atlas"
-
-    @property
-    def data_root(self) -> Path:
-        return self.out / "data_root"
-
-    @property
-    def runs(self) -> Path:
-        return self.out / "runs"
-
-    @property
-    def results(self) -> Path:
-        return self.out / "results"
-
-    @property
-    def detect(self) -> Path:
-        return self.out / "detect"
-
-    @property
-    def stages(self) -> Path:
-        return self.out / "stages.json"
-
-    @property
-    def config(self) -> Path:
-        return self.out / "demo_config.json"
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.raw = out / "raw"
+        self.atlas = out / "atlas"
+        self.data_root = out / "data_root"
+        self.runs = out / "runs"
+        self.results = out / "results"
+        self.detect = out / "detect"
+        self.stages = out / "stages.json"
+        self.config = out / "demo_config.json"
 
 
 @dataclass
@@ -219,6 +195,11 @@ def _config_dict(config: DemoConfig) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config), default=list))
 
 
+#: the fields that :class:`DemoConfig` passes on to every method's ``TrainConfig`` as they are
+TRAIN_FIELDS: tuple[str, ...] = (
+    "epochs", "batch_size", "lr", "device", "seed", "slices_per_volume", "skip_empty_slices",
+    "val_slices_per_volume", "val_interval", "log_interval", "progress",
+)  # fmt: skip
 #: the configuration fields each stage's outputs depend on (a later stage depends on the earlier ones)
 STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "cohort": ("seed", "raw", "n_healthy", "n_tumour", "n_ms"),
@@ -313,25 +294,16 @@ def _stage_splits(paths: DemoPaths, config: DemoConfig) -> str:
 def _train_config(paths: DemoPaths, config: DemoConfig, method: str) -> Any:
     from pddpm_monai.engines.trainer import TrainConfig
 
+    shared = {name: getattr(config, name) for name in TRAIN_FIELDS}
     return TrainConfig(
         data_root=str(paths.data_root),
         out_dir=str(paths.runs / method),
         fold=0,
         method=method,
         method_options=config.method_options.get(method, {}),
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        device=config.device,
-        seed=config.seed,
-        slices_per_volume=config.slices_per_volume,
-        skip_empty_slices=config.skip_empty_slices,
-        val_slices_per_volume=config.val_slices_per_volume,
-        val_interval=config.val_interval,
         cache_workers=max(1, config.workers),
         image_interval=max(1, config.epochs // 4),
-        log_interval=config.log_interval,
-        progress=config.progress,
+        **shared,
     )
 
 

@@ -27,6 +27,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
+from pddpm_monai.evaluation.figures import save_figure  # noqa: E402
 from pddpm_monai.names import method_label  # noqa: E402
 from pddpm_monai.utils import atomic_path  # noqa: E402
 
@@ -71,14 +72,6 @@ def largest_component_centre(binary: np.ndarray) -> tuple[int, ...] | None:
         return None
     largest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
     return tuple(int(round(c)) for c in ndimage.center_of_mass(labels == largest))
-
-
-def _save(fig: plt.Figure, path: str | os.PathLike, config: ReportConfig) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=config.dpi, bbox_inches="tight", format="png")
-    plt.close(fig)
-    return path
 
 
 def plot_detection(
@@ -135,7 +128,7 @@ def plot_detection(
         ax.set_title(f"{name} {centre[axis]}", fontsize="small")
         ax.axis("off")
     fig.suptitle(f"{title}: slices through the {where}" if title else where, fontsize="small")
-    return _save(fig, out_path, config)
+    return save_figure(fig, out_path, config)
 
 
 # --------------------------------------------------------------------------------- training curves
@@ -185,7 +178,7 @@ def plot_training_curves(
             unit = "epoch" if tag.startswith("val") else "iteration"
             ax.set(title=f"{name}: {tag}", xlabel=unit, ylabel="loss")
     fig.tight_layout()
-    return _save(fig, out_path, config)
+    return save_figure(fig, out_path, config)
 
 
 # ------------------------------------------------------------------------------------------ report

@@ -36,6 +36,7 @@ from monai.utils import ensure_tuple_rep
 from pddpm_monai.transforms.atlas import Atlas, resolve_atlas
 from pddpm_monai.transforms.chain import preprocessing_transforms
 from pddpm_monai.transforms.config import PreprocessConfig
+from pddpm_monai.transforms.loading import ValidateVolumed
 from pddpm_monai.transforms.native import to_native
 from pddpm_monai.transforms.scan_io import scan_name
 from pddpm_monai.transforms.sitk_convert import RECORD_KEY, Interp, to_metatensor
@@ -170,22 +171,17 @@ class PrepareScand(MapTransform):
         d = dict(data)
         key = self.keys[0]
         img = d[key]
-        if not isinstance(img, MetaTensor) or img.ndim != 4 or img.shape[0] != 1:
-            shape = tuple(getattr(img, "shape", ()))
-            raise InputError(
-                _filename(img), f"expected one 3-D scan (channel-first MetaTensor), got shape {shape}"
-            )
-        if not torch.isfinite(img).all():
-            raise InputError(_filename(img), "image contains NaN/Inf voxels")
-        if not bool((img != 0).any()):
-            raise InputError(_filename(img), "image is all zeros")
+        if not isinstance(img, MetaTensor):
+            raise InputError(_filename(img), f"expected a channel-first MetaTensor, got {type(img).__name__}")
+        ValidateVolumed(key, mask_key=None, seg_key=None)(d)  # one 3-D scan, finite, not all zeros
         if not self.raw:
             d = BrainMaskFromImaged(key, mask_key=self.mask_key)(d)
             d[self.mask_key] = MetaTensor(d[self.mask_key].float(), meta=dict(img.meta))
             d[self.record_key] = ""
             return d
         t2, mask, record = self._raw(img, _filename(img))
-        for out_key, value in ((key, t2), (self.mask_key, mask)):  # a fresh meta dict each: MetaTensor keeps it
+        # a fresh meta dict each: MetaTensor keeps it
+        for out_key, value in ((key, t2), (self.mask_key, mask)):
             meta = {"filename_or_obj": _filename(img)}
             d[out_key] = MetaTensor(value.float().as_tensor(), affine=t2.affine, meta=meta)
         d[self.record_key] = json.dumps(record, default=str)

@@ -188,7 +188,7 @@ class ValidateVolumed(MapTransform):
             img = d[key]
             src = _source(img, str(key))
             if img.ndim != 4 or img.shape[0] != 1:
-                raise InputError(src, f"expected a single 3-D volume, got shape {tuple(img.shape)}")
+                raise InputError(src, f"expected a single-channel 3-D scan, got shape {tuple(img.shape)}")
             if not torch.isfinite(img).all():
                 raise InputError(src, "image contains NaN/Inf voxels")
             if ref_key is None:
