@@ -265,3 +265,43 @@ def test_bundle_check_one_line_for_errors_inside_the_run(
         and err[-1].startswith("pddpm bundle: error:")
         and "model.pt: checkpoint not found" in err[-1]
     )
+
+
+def test_prepare_scan_cache_is_reused_and_keyed_by_the_settings(tmp_path, monkeypatch) -> None:
+    """A raw scan's preprocessing runs once per (scan, atlas, settings); the cache gives the same tensors."""
+    from pddpm_monai.transforms.atlas import Atlas
+    from pddpm_monai.transforms.config import PreprocessConfig
+    from pddpm_monai.transforms.inference import CACHE_FILES, cache_folder
+    from pddpm_monai.transforms.sitk_convert import to_metatensor
+
+    calls = []
+
+    def fake_preprocess(self, img, source, atlas):
+        calls.append(source)
+        t2 = to_metatensor(
+            np.arange(12 * 10 * 8, dtype=np.float32).reshape(12, 10, 8), np.diag([2.0, 2, 2, 1])
+        )
+        mask = to_metatensor(np.ones((12, 10, 8), np.float32), np.diag([2.0, 2, 2, 1]))
+        record = {"root_grid": {"shape": [12, 10, 8], "affine": np.diag([2.0, 2, 2, 1]).tolist()}}
+        return t2, mask, {**record, **self._cache_key(source, atlas)}
+
+    monkeypatch.setattr(PrepareScand, "_preprocess", fake_preprocess)
+    atlas = Atlas(tmp_path / "atlas.nii.gz")
+    scan = _scan()
+    scan.meta["filename_or_obj"] = str(tmp_path / "sub-01_T2w.nii.gz")
+
+    def run(config=PreprocessConfig()):
+        prepare = PrepareScand("image", raw=True, atlas=atlas, config=config, cache_dir=tmp_path / "out")
+        return prepare({"image": scan})
+
+    first, second = run(), run()
+    assert len(calls) == 1  # the second run read the cache
+    assert all(
+        (cache_folder(tmp_path / "out", "sub-01_T2w.nii.gz") / f).is_file() for f in CACHE_FILES.values()
+    )
+    for key in ("image", "mask"):
+        torch.testing.assert_close(first[key].as_tensor(), second[key].as_tensor(), rtol=0, atol=0)
+        np.testing.assert_array_equal(np.asarray(first[key].affine), np.asarray(second[key].affine))
+    assert json.loads(first["scan_record"]) == json.loads(second["scan_record"])
+    run(PreprocessConfig(n4_iterations=(20, 20)))  # other settings: preprocessed again
+    assert len(calls) == 2
