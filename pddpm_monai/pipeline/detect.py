@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,7 @@ from pddpm_monai.evaluation.detection import ANOMALY_KEY, BRAIN_KEY, scan_postpr
 from pddpm_monai.evaluation.postprocess import PostprocessConfig
 from pddpm_monai.evaluation.threshold import read_threshold_file
 from pddpm_monai.transforms.config import Device, PreprocessConfig
-from pddpm_monai.transforms.inference import SCAN_RECORD_KEY
+from pddpm_monai.transforms.inference import SCAN_RECORD_KEY, cache_folder
 from pddpm_monai.transforms.loading import ModelGridConfig
 from pddpm_monai.transforms.scan_io import read_scan, scan_name
 from pddpm_monai.utils import InputError, plain_json, save_json, save_nifti
@@ -107,7 +108,7 @@ class DetectConfig:
         slice_batch: axial slices per network batch.
         smooth: apply the loader's CurvatureFlow, as in training and evaluation.
         mask_level: the binary lesion mask is resampled linearly and kept where it is ``>= mask_level``.
-        overwrite: recompute even when the summary of this scan exists.
+        overwrite: recompute even when the summary of this scan exists (the cached preprocessing too).
         preprocess: the preprocessing chain (HD-BET folds, registration, N4).
         loading: the model-grid settings (must be the training's).
         postprocess: erosion, median filter and connected components (must be the evaluation's).
@@ -284,8 +285,10 @@ def _run_chain(
 ) -> dict:
     """The detection chain of :mod:`~pddpm_monai.evaluation.detection` with the checkpoint's scorer.
 
-    The preprocessing is cached in ``<out>/<name>_preprocessed/``.
+    The preprocessing is cached in ``<out>/<name>_preprocessed/`` (``overwrite`` starts it afresh).
     """
+    if config.overwrite:
+        shutil.rmtree(cache_folder(out, scan), ignore_errors=True)
     pre = scan_preprocessing(
         raw=True,
         atlas=atlas,
