@@ -182,8 +182,8 @@ def robust_n4_correct(
 ) -> sitk.Image:
     """Lesion-robust N4 inside ``mask``: the field is fitted on healthy-looking voxels (two passes).
 
-    Same contract as :func:`n4_correct` (output on the input
-    grid, ``image / exp(field)``, zero outside the mask); see the module docstring for the method.
+    Same contract as :func:`n4_correct` (output on the input grid, ``image / exp(field)``, zero
+    outside the mask); see the module docstring for the method.
 
     Args:
         img: the image.
@@ -225,16 +225,16 @@ class N4BiasCorrection(Transform):
         control_points: B-spline control points per axis.
     """
 
+    #: the correction, called with this transform's attributes as keyword arguments
+    correct = staticmethod(n4_correct)
+
     def __init__(
         self, shrink: int = 4, iterations: Sequence[int] = (50, 50, 50, 50), control_points: int = 4
     ):
         self.shrink, self.iterations, self.control_points = shrink, tuple(iterations), control_points
 
     def __call__(self, img: MetaTensor, mask: MetaTensor) -> MetaTensor:
-        out = n4_correct(
-            metatensor_to_sitk(img), metatensor_to_sitk(mask), shrink=self.shrink,
-            iterations=self.iterations, control_points=self.control_points,
-        )  # fmt: skip
+        out = self.correct(metatensor_to_sitk(img), metatensor_to_sitk(mask), **vars(self))
         return sitk_to_metatensor(out, np.float32)
 
 
@@ -276,6 +276,8 @@ class RobustN4BiasCorrection(N4BiasCorrection):
         dilate_mm: growth of the excluded region in mm.
     """
 
+    correct = staticmethod(robust_n4_correct)
+
     def __init__(
         self,
         shrink: int = 4,
@@ -288,21 +290,11 @@ class RobustN4BiasCorrection(N4BiasCorrection):
         super().__init__(shrink, iterations, control_points)
         self.coarse_levels, self.exclude_above, self.dilate_mm = coarse_levels, exclude_above, dilate_mm
 
-    def __call__(self, img: MetaTensor, mask: MetaTensor) -> MetaTensor:
-        out = robust_n4_correct(
-            metatensor_to_sitk(img), metatensor_to_sitk(mask), shrink=self.shrink,
-            iterations=self.iterations, control_points=self.control_points, coarse_levels=self.coarse_levels,
-            exclude_above=self.exclude_above, dilate_mm=self.dilate_mm,
-        )  # fmt: skip
-        return sitk_to_metatensor(out, np.float32)
-
 
 def bias_corrector(config: PreprocessConfig) -> N4BiasCorrection:
     """The bias corrector that ``config.bias_correction`` names (``"n4"`` or ``"robust"``)."""
     method = config.bias_correction
-    args = (config.n4_shrink, config.n4_iterations, config.n4_control_points)
-    if method == "n4":
-        return N4BiasCorrection(*args)
-    if method == "robust":
-        return RobustN4BiasCorrection(*args)
-    raise ValueError(f"unknown bias correction {method!r}: choose one of {', '.join(BIAS_METHODS)}")
+    correctors = {"n4": N4BiasCorrection, "robust": RobustN4BiasCorrection}
+    if method not in correctors:
+        raise ValueError(f"unknown bias correction {method!r}: choose one of {', '.join(BIAS_METHODS)}")
+    return correctors[method](config.n4_shrink, config.n4_iterations, config.n4_control_points)
