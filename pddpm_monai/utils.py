@@ -26,6 +26,7 @@ __all__ = [
     "atomic_path",
     "ensure_output_dir",
     "read_nifti",
+    "checked_volume",
     "save_nifti",
     "save_json",
     "plain_json",
@@ -156,16 +157,28 @@ def read_nifti(
         raise InputError(path, f"not a readable NIfTI image ({type(err).__name__}: {err})") from None
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise InputError(path, f"not a NIfTI image (read as {type(img).__name__})")
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise InputError(path, f"expected a 3-D image, got shape {tuple(data.shape)}")
-    data = data.astype(dtype, copy=False)
-    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-        raise InputError(path, f"image contains {int((~np.isfinite(data)).sum())} NaN/Inf voxels")
-    if not allow_empty and not np.any(data):
+    return checked_volume(path, data, img.affine, allow_empty=allow_empty, dtype=dtype)
+
+
+def checked_volume(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    affine: np.ndarray,
+    *,
+    allow_empty: bool = False,
+    dtype: type = np.float32,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(array, affine)`` read from ``path`` (any format) through the checks of :func:`read_nifti`."""
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise InputError(path, f"expected a 3-D image, got shape {tuple(array.shape)}")
+    array = array.astype(dtype, copy=False)
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise InputError(path, f"image contains {int((~np.isfinite(array)).sum())} NaN/Inf voxels")
+    if not allow_empty and not np.any(array):
         raise InputError(path, "image is all zeros")
-    return data, np.asarray(img.affine, dtype=np.float64)
+    return array, np.asarray(affine, dtype=np.float64)
 
 
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:

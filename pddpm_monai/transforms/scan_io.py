@@ -8,8 +8,8 @@
 
 Every reader returns the nibabel convention of the rest of the project: an ``(X, Y, Z)`` float32 array
 and a RAS affine (SimpleITK's LPS geometry converted as in
-:func:`~pddpm_monai.transforms.sitk_convert.sitk_to_array`), validated like
-:func:`~pddpm_monai.utils.read_nifti` (3-D, finite, not all zeros). Outputs stay NIfTI on the scan's grid.
+:func:`~pddpm_monai.transforms.sitk_convert.sitk_to_array`), validated by
+:func:`~pddpm_monai.utils.checked_volume` as NIfTI files are (3-D, finite, not all zeros). Outputs stay NIfTI on the scan's grid.
 
 :class:`ScanReader` is the same reader as a MONAI ``ImageReader`` (``LoadImaged(reader=ScanReader())``
 in the bundle's ``configs/inference.json``, also under MONAI Label), so the bundle needs neither
@@ -33,7 +33,7 @@ from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from pddpm_monai.transforms.sitk_convert import sitk_to_array
-from pddpm_monai.utils import InputError, read_nifti, save_nifti
+from pddpm_monai.utils import InputError, checked_volume, read_nifti, save_nifti
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -101,20 +101,6 @@ def dicom_series(folder: str | os.PathLike) -> list[str]:
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uids[0]))
 
 
-def _validated(path: Path, array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The checks of :func:`~pddpm_monai.utils.read_nifti` on an array read another way."""
-    while array.ndim > 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim != 3:
-        raise InputError(path, f"expected a 3-D image, got shape {tuple(array.shape)}")
-    array = np.asarray(array, dtype=np.float32)
-    if not np.isfinite(array).all():
-        raise InputError(path, f"image contains {int((~np.isfinite(array)).sum())} NaN/Inf voxels")
-    if not np.any(array):
-        raise InputError(path, "image is all zeros")
-    return array, np.asarray(affine, dtype=np.float64)
-
-
 def _read_sitk(path: Path, image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
@@ -122,7 +108,7 @@ def _read_sitk(path: Path, image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
         )
     if image.GetDimension() != 3:
         raise InputError(path, f"expected a 3-D image, got a {image.GetDimension()}-D one")
-    return _validated(path, *sitk_to_array(image))
+    return checked_volume(path, *sitk_to_array(image))
 
 
 def read_scan(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -140,29 +126,25 @@ def read_scan(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """
     path = Path(path)
     if path.is_dir():
-        files = dicom_series(path)
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(files)
-        try:
-            image = reader.Execute()
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-            raise InputError(path, f"not a readable DICOM series ({first})") from None
-        return _read_sitk(path, image)
-    if not path.exists():
+        reader, what = sitk.ImageSeriesReader(), "DICOM series"
+        reader.SetFileNames(dicom_series(path))
+    elif not path.exists():
         raise InputError(path, "file not found")
-    if is_nifti(path):
+    elif is_nifti(path):
         return read_nifti(path)
-    if not str(path).lower().endswith(ITK_SUFFIXES):
+    elif not str(path).lower().endswith(ITK_SUFFIXES):
         raise InputError(
             path,
             f"unsupported scan format: expected {', '.join(SCAN_SUFFIXES)} or a folder holding one DICOM series",
         )
+    else:
+        reader, what = sitk.ImageFileReader(), "image"
+        reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        image = reader.Execute()
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise InputError(path, f"not a readable image ({first})") from None
+        raise InputError(path, f"not a readable {what} ({first})") from None
     return _read_sitk(path, image)
 
 
