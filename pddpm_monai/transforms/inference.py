@@ -36,7 +36,7 @@ from monai.utils import ensure_tuple_rep
 from pddpm_monai.transforms.atlas import Atlas, resolve_atlas
 from pddpm_monai.transforms.chain import preprocessing_transforms
 from pddpm_monai.transforms.config import PreprocessConfig
-from pddpm_monai.transforms.loading import ValidateVolumed
+from pddpm_monai.transforms.loading import ValidateVolumed, source_name
 from pddpm_monai.transforms.native import to_native
 from pddpm_monai.transforms.scan_io import scan_name
 from pddpm_monai.transforms.sitk_convert import RECORD_KEY, Interp, to_metatensor
@@ -54,11 +54,6 @@ CACHE_FILES: dict[str, str] = {"t2": "t2.nii.gz", "mask": "mask.nii.gz", "record
 def cache_folder(cache_dir: str | os.PathLike, scan: str | os.PathLike) -> Path:
     """The preprocessing cache of ``scan`` in ``cache_dir``: ``<cache_dir>/<scan name>_preprocessed``."""
     return Path(cache_dir) / f"{scan_name(scan)}_preprocessed"
-
-
-def _filename(img: Any) -> str:
-    meta = getattr(img, "meta", None) or {}
-    return str(meta.get("filename_or_obj", "<scan>"))
 
 
 class PrepareScand(MapTransform):
@@ -170,19 +165,19 @@ class PrepareScand(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         key = self.keys[0]
-        img = d[key]
+        img, source = d[key], source_name(d[key])
         if not isinstance(img, MetaTensor):
-            raise InputError(_filename(img), f"expected a channel-first MetaTensor, got {type(img).__name__}")
+            raise InputError(source, f"expected a channel-first MetaTensor, got {type(img).__name__}")
         ValidateVolumed(key, mask_key=None, seg_key=None)(d)  # one 3-D scan, finite, not all zeros
         if not self.raw:
             d = BrainMaskFromImaged(key, mask_key=self.mask_key)(d)
             d[self.mask_key] = MetaTensor(d[self.mask_key].float(), meta=dict(img.meta))
             d[self.record_key] = ""
             return d
-        t2, mask, record = self._raw(img, _filename(img))
+        t2, mask, record = self._raw(img, source)
         # a fresh meta dict each: MetaTensor keeps it
         for out_key, value in ((key, t2), (self.mask_key, mask)):
-            meta = {"filename_or_obj": _filename(img)}
+            meta = {"filename_or_obj": source}
             d[out_key] = MetaTensor(value.float().as_tensor(), affine=t2.affine, meta=meta)
         d[self.record_key] = json.dumps(record, default=str)
         return d

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -42,6 +43,7 @@ __all__ = [
     "CurvatureFlowd",
     "MaskedPercentileRescale",
     "MaskedPercentileRescaled",
+    "source_name",
     "ValidateVolumed",
     "BinarizeLabelsd",
     "model_grid_transforms",
@@ -151,8 +153,9 @@ class MaskedPercentileRescaled(MapTransform):
         return d
 
 
-def _source(img: torch.Tensor, fallback: str) -> str:
-    meta = getattr(img, "meta", {}) or {}
+def source_name(img: Any, fallback: str = "<scan>") -> str:
+    """The file a loaded volume came from (its ``filename_or_obj`` metadata), for error messages."""
+    meta = getattr(img, "meta", None) or {}
     return str(meta.get("filename_or_obj", fallback))
 
 
@@ -186,7 +189,7 @@ class ValidateVolumed(MapTransform):
         ref_key = None
         for key in self.key_iterator(d):
             img = d[key]
-            src = _source(img, str(key))
+            src = source_name(img, str(key))
             if img.ndim != 4 or img.shape[0] != 1:
                 raise InputError(src, f"expected a single-channel 3-D scan, got shape {tuple(img.shape)}")
             if not torch.isfinite(img).all():
