@@ -122,10 +122,8 @@ class MaskedPercentileRescale(Transform):
         inside = img[mask > 0] if mask is not None and bool((mask > 0).any()) else img[img != 0]
         if inside.numel() == 0:
             return torch.zeros_like(img)
-        q = torch.quantile(
-            inside.float(), torch.tensor([self.lower, self.upper], dtype=torch.float32) / 100.0
-        )
-        lo, hi = float(q[0]), float(q[1])
+        q = torch.tensor([self.lower, self.upper], dtype=torch.float32) / 100.0
+        lo, hi = torch.quantile(inside.float(), q).tolist()
         if hi <= lo:
             return torch.zeros_like(img)
         return ((img - lo) / (hi - lo)).clamp(0.0, 1.0)
