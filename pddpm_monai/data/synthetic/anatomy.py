@@ -8,10 +8,14 @@ extra-axial rim). The template grid is padded so that a skull and scalp fit arou
 from __future__ import annotations
 
 import functools
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from pddpm_monai.data.synthetic.config import AnatomyConfig, TissueContrast
@@ -82,10 +86,6 @@ def _mni152_maps(resolution_mm: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     ``load_mni152_*`` do, without importing nilearn, which takes seconds); other resolutions go
     through nilearn's loaders.
     """
-    import importlib.util
-
-    import nibabel as nib
-
     if resolution_mm == 1:
         spec = importlib.util.find_spec("nilearn")
         if spec is None or not spec.submodule_search_locations:
@@ -116,9 +116,6 @@ def _coarse_edt(foreground: np.ndarray, resolution_mm: float) -> np.ndarray:
 
 def _upsample(coarse: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Trilinear upsampling of a map on the ``EDT_STEP``-strided grid back to the full ``shape``."""
-    import torch
-    import torch.nn.functional as F
-
     size = [(n - 1) * EDT_STEP + 1 for n in coarse.shape]
     full = F.interpolate(torch.as_tensor(coarse)[None, None], size=size, mode="trilinear", align_corners=True)
     out = np.zeros(shape, dtype=np.float32)

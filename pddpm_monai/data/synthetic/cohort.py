@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
+from pddpm_monai.data.splits import SplitConfig
 from pddpm_monai.data.synthetic.anatomy import load_atlas
 from pddpm_monai.data.synthetic.config import SynthConfig
 from pddpm_monai.data.synthetic.subjects import (
@@ -28,7 +30,7 @@ from pddpm_monai.data.synthetic.subjects import (
     subject_rng,
     template_t2,
 )
-from pddpm_monai.utils import InputError, atomic_path, save_json, save_nifti
+from pddpm_monai.utils import InputError, atomic_path, ensure_output_dir, save_json, save_nifti
 
 __all__ = [
     "ixi_id",
@@ -41,12 +43,6 @@ __all__ = [
     "demographics",
 ]
 
-#: split proportions scaled down from DESIGN.md (IXI 158 test of 560; 44 val of 402; BraTS 100 of 1251; MSLUB 10 of 30)
-IXI_TEST_FRACTION = 158 / 560
-IXI_VAL_FRACTION = 44 / 402
-BRATS_VAL_FRACTION = 100 / 1251
-MSLUB_VAL_FRACTION = 10 / 30
-N_FOLDS = 5
 #: BraTS-like raw volumes are stored as int16 like the real ones
 _BRATS_DTYPE = np.int16
 
@@ -98,55 +94,53 @@ class _Job:
     cfg: SynthConfig
 
 
-def _save_subject(
-    subject: Subject, image: Path, mask: Path, seg: Path | None, sidecar: Path, dtype=None
-) -> None:
+def _save_subject(subject: Subject, paths: dict[str, Path | None], dtype=None) -> None:
     data = (
         subject.image
         if dtype is None
         else np.clip(np.rint(subject.image), 0, np.iinfo(dtype).max).astype(dtype)
     )
-    save_nifti(data, subject.affine, image)
-    save_nifti(subject.mask, subject.affine, mask)
-    if seg is not None and subject.seg is not None:
-        save_nifti(subject.seg, subject.affine, seg)
-    save_json(subject.params, sidecar)  # last: its presence marks the subject as finished
+    save_nifti(data, subject.affine, paths["image"])
+    save_nifti(subject.mask, subject.affine, paths["mask"])
+    if paths["seg"] is not None and subject.seg is not None:
+        save_nifti(subject.seg, subject.affine, paths["seg"])
+    save_json(subject.params, paths["sidecar"])  # last: its presence marks the subject as finished
+
+
+#: per kind: subject name, raw dataset folder, raw image and seg below it (``{n}``: the name), data-root folder
+_LAYOUTS = {
+    "healthy": (ixi_id, "IXI", "{n}-T2.nii.gz", None, "Train/ixi"),
+    "tumour": (brats_id, "BraTS21", "{n}/{n}_t2.nii.gz", "{n}/{n}_seg.nii.gz", "Test/Brats21"),
+    "ms": (mslub_id, "MSLUB", "{n}/T2.nii.gz", "{n}/consensus_gt.nii.gz", "Test/MSLUB"),
+}
 
 
 def _paths(job: _Job) -> dict[str, Path | None]:
-    out, i = Path(job.out), job.index
-    truth = out / "truth"
-    if job.kind == "healthy_raw":
-        name = ixi_id(i)
-        return {"image": out / "IXI" / f"{name}-T2.nii.gz", "mask": truth / "IXI" / f"{name}_mask.nii.gz",
-                "seg": None, "sidecar": truth / "IXI" / f"{name}.json"}  # fmt: skip
-    if job.kind == "tumour_raw":
-        name = brats_id(i)
-        return {"image": out / "BraTS21" / name / f"{name}_t2.nii.gz", "mask": truth / "BraTS21" / f"{name}_mask.nii.gz",
-                "seg": out / "BraTS21" / name / f"{name}_seg.nii.gz", "sidecar": truth / "BraTS21" / f"{name}.json"}  # fmt: skip
-    if job.kind == "ms_raw":
-        name = mslub_id(i)
-        return {"image": out / "MSLUB" / name / "T2.nii.gz", "mask": truth / "MSLUB" / f"{name}_mask.nii.gz",
-                "seg": out / "MSLUB" / name / "consensus_gt.nii.gz", "sidecar": truth / "MSLUB" / f"{name}.json"}  # fmt: skip
-    folder, name = {
-        "healthy_root": ("Train/ixi", ixi_id(i)),
-        "tumour_root": ("Test/Brats21", brats_id(i)),
-        "ms_root": ("Test/MSLUB", mslub_id(i)),
-    }[job.kind]
+    kind, where = job.kind.split("_")
+    name_of, raw, image, seg, folder = _LAYOUTS[kind]
+    out, name = Path(job.out), name_of(job.index)
+    if where == "raw":
+        truth = out / "truth" / raw
+        return {
+            "image": out / raw / image.format(n=name),
+            "mask": truth / f"{name}_mask.nii.gz",
+            "seg": None if seg is None else out / raw / seg.format(n=name),
+            "sidecar": truth / f"{name}.json",
+        }
     base = out / folder
     return {
         "image": base / "t2" / f"{name}_t2.nii.gz",
         "mask": base / "mask" / f"{name}_mask.nii.gz",
-        "seg": None if job.kind == "healthy_root" else base / "seg" / f"{name}_seg.nii.gz",
+        "seg": None if seg is None else base / "seg" / f"{name}_seg.nii.gz",
         "sidecar": out / "params" / f"{name}.json",
     }
 
 
-def _run_job(job: _Job) -> str:
-    """Generate and write one subject (skipped when its sidecar exists); returns its image path."""
+def _run_job(job: _Job) -> None:
+    """Generate and write one subject (skipped when its sidecar exists)."""
     paths = _paths(job)
     if paths["sidecar"].is_file() and paths["image"].is_file():
-        return str(paths["image"])
+        return
     kind, where = job.kind.split("_")
     if kind == "healthy" and where == "raw":
         subject = healthy_raw(job.index, job.seed, job.cfg, skull=job.skull)
@@ -154,39 +148,40 @@ def _run_job(job: _Job) -> str:
         subject = atlas_subject(
             kind, job.index, job.seed, job.cfg, grid="atlas" if where == "raw" else "root"
         )
-    dtype = _BRATS_DTYPE if job.kind == "tumour_raw" else None
-    _save_subject(subject, paths["image"], paths["mask"], paths["seg"], paths["sidecar"], dtype)
-    return str(paths["image"])
+    _save_subject(subject, paths, _BRATS_DTYPE if job.kind == "tumour_raw" else None)
 
 
-def _init_worker() -> None:
-    import torch
+def _write_subjects(
+    where: str,
+    out_dir: str | os.PathLike,
+    counts: dict[str, int],
+    *,
+    seed: int,
+    workers: int,
+    skull: bool,
+    cfg: SynthConfig,
+) -> Path:
+    """Check the arguments, then write the ``n_healthy``, ``n_tumour``, ``n_ms`` subjects of ``counts``.
 
-    torch.set_num_threads(1)
-
-
-def _run_jobs(jobs: Sequence[_Job], workers: int, desc: str) -> list[str]:
-    """Run ``jobs`` with a process pool of ``workers`` (in-process when 1), with a progress bar."""
-    if workers <= 1 or len(jobs) <= 1:
-        return [_run_job(job) for job in tqdm(jobs, desc=desc, unit="vol")]
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
-        return list(tqdm(pool.map(_run_job, jobs), total=len(jobs), desc=desc, unit="vol"))
-
-
-def _check_args(out_dir: str | os.PathLike, counts: dict[str, int], workers: int) -> Path:
+    ``where`` is ``"raw"`` or ``"root"``; subjects run in a process pool of ``workers`` (in-process
+    when 1), with a progress bar.
+    """
     for name, value in counts.items():
         if int(value) != value or value < 0:
             raise InputError(name, f"must be a non-negative integer, got {value}")
     if workers < 1:
         raise InputError("workers", f"must be >= 1, got {workers}")
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / ".write-test") as tmp:
-            tmp.write_text("", encoding="utf-8")
-        (out / ".write-test").unlink()
-    except OSError as err:
-        raise InputError(out, f"output folder is not writable ({err.strerror or err})") from None
+    out = ensure_output_dir(out_dir)
+    kinds = zip(_LAYOUTS, counts.values())
+    jobs = [_Job(f"{kind}_{where}", i, seed, str(out), skull, cfg) for kind, n in kinds for i in range(n)]
+    load_atlas(cfg.anatomy.resolution_mm, cfg.anatomy.pad_mm)  # warm the cache before forking
+    bar = {"desc": f"synth {where}", "unit": "vol", "total": len(jobs)}
+    if workers <= 1 or len(jobs) <= 1:
+        for job in tqdm(jobs, **bar):
+            _run_job(job)
+    else:
+        with ProcessPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            list(tqdm(pool.map(_run_job, jobs), **bar))
     return out
 
 
@@ -231,12 +226,8 @@ def make_synthetic_raw(
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
     """
-    out = _check_args(out_dir, {"n_healthy": n_healthy, "n_tumour": n_tumour, "n_ms": n_ms}, workers)
-    jobs = [_Job("healthy_raw", i, seed, str(out), skull, cfg) for i in range(n_healthy)]
-    jobs += [_Job("tumour_raw", i, seed, str(out), skull, cfg) for i in range(n_tumour)]
-    jobs += [_Job("ms_raw", i, seed, str(out), skull, cfg) for i in range(n_ms)]
-    load_atlas(cfg.anatomy.resolution_mm, cfg.anatomy.pad_mm)  # warm the cache before forking
-    _run_jobs(jobs, workers, "synth raw")
+    counts = {"n_healthy": n_healthy, "n_tumour": n_tumour, "n_ms": n_ms}
+    out = _write_subjects("raw", out_dir, counts, seed=seed, workers=workers, skull=skull, cfg=cfg)
     if n_healthy:
         rows = [demographics(i, seed, cfg) for i in range(n_healthy)]
         _write_csv(out / "IXI" / "IXI.csv", list(rows[0]), [list(r.values()) for r in rows], index=False)
@@ -275,12 +266,8 @@ def make_synthetic_root(
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
     """
-    out = _check_args(out_dir, {"n_healthy": n_healthy, "n_tumour": n_tumour, "n_ms": n_ms}, workers)
-    jobs = [_Job("healthy_root", i, seed, str(out), False, cfg) for i in range(n_healthy)]
-    jobs += [_Job("tumour_root", i, seed, str(out), False, cfg) for i in range(n_tumour)]
-    jobs += [_Job("ms_root", i, seed, str(out), False, cfg) for i in range(n_ms)]
-    load_atlas(cfg.anatomy.resolution_mm, cfg.anatomy.pad_mm)
-    _run_jobs(jobs, workers, "synth root")
+    counts = {"n_healthy": n_healthy, "n_tumour": n_tumour, "n_ms": n_ms}
+    out = _write_subjects("root", out_dir, counts, seed=seed, workers=workers, skull=False, cfg=cfg)
     ages = [float(demographics(i, seed, cfg)["AGE"]) for i in range(n_healthy)]
     write_root_splits(out, n_healthy=n_healthy, n_tumour=n_tumour, n_ms=n_ms, ages=ages, seed=seed)
     return out
@@ -348,44 +335,45 @@ def write_root_splits(
 ) -> dict[str, Path]:
     """Write the split CSVs of a synthetic data root (the file names of DESIGN.md), age-stratified.
 
-    IXI: a test set, then ``N_FOLDS`` train/val folds of the rest (val age-stratified, drawn per
-    fold); BraTS21 and MSLUB: val/test. Proportions are DESIGN.md's, scaled down, with at least one
+    IXI: a test set, then ``n_folds`` train/val folds of the rest (val age-stratified, drawn per
+    fold); BraTS21 and MSLUB: val/test. Proportions and fold count are
+    :class:`~pddpm_monai.data.splits.SplitConfig`'s (DESIGN.md's, scaled down), with at least one
     subject per split when the cohort allows. A stand-in for :func:`pddpm_monai.data.splits.make_splits`
     with the same outputs.
 
     Returns:
         split name -> CSV path.
     """
-    root = Path(root)
+    root, split = Path(root), SplitConfig()
     rng = subject_rng(seed, "splits", 0)
     ages_arr = np.asarray(ages, dtype=np.float64)
     header = ["img_name", "age", "label", "img_path", "mask_path", "seg_path"]
 
+    def row(folder: str, name: str, age: object = "") -> list:
+        """A CSV row: healthy IXI subjects have an age and no seg, the lesion datasets a seg."""
+        healthy = folder == "Train/ixi"
+        t2, mask, seg = (f"/{folder}/{kind}/{name}_{kind}.nii.gz" for kind in ("t2", "mask", "seg"))
+        return [f"{name}_t2.nii.gz", age, int(not healthy), t2, mask, "" if healthy else seg]
+
     def ixi_row(i: int) -> list:
-        name = ixi_id(i)
-        return [f"{name}_t2.nii.gz", ages_arr[i], 0, f"/Train/ixi/t2/{name}_t2.nii.gz",
-                f"/Train/ixi/mask/{name}_mask.nii.gz", ""]  # fmt: skip
+        return row("Train/ixi", ixi_id(i), ages_arr[i])
 
-    def lesion_row(folder: str, name: str) -> list:
-        return [f"{name}_t2.nii.gz", "", 1, f"/Test/{folder}/t2/{name}_t2.nii.gz",
-                f"/Test/{folder}/mask/{name}_mask.nii.gz", f"/Test/{folder}/seg/{name}_seg.nii.gz"]  # fmt: skip
-
-    n_test = min(max(1, round(IXI_TEST_FRACTION * n_healthy)), n_healthy - 2) if n_healthy >= 3 else 0
+    n_test = min(max(1, round(split.ixi_test * n_healthy)), n_healthy - 2) if n_healthy >= 3 else 0
     test = _stratified_pick(ages_arr, n_test, rng)
     rest = np.setdiff1d(np.arange(n_healthy), test)
     splits: dict[str, list[list]] = {"IXI_test": [ixi_row(i) for i in test]}
-    for fold in range(N_FOLDS):
-        val = rest[_stratified_pick(ages_arr[rest], _n_val(len(rest), IXI_VAL_FRACTION), rng)]
+    for fold in range(split.n_folds):
+        val = rest[_stratified_pick(ages_arr[rest], _n_val(len(rest), split.ixi_val), rng)]
         splits[f"IXI_train_fold{fold}"] = [ixi_row(i) for i in rest if i not in val]
         splits[f"IXI_val_fold{fold}"] = [ixi_row(i) for i in val]
-    for prefix, folder, n, fraction, name_of in (
-        ("Brats21", "Brats21", n_tumour, BRATS_VAL_FRACTION, brats_id),
-        ("MSLUB", "MSLUB", n_ms, MSLUB_VAL_FRACTION, mslub_id),
+    for prefix, n, fraction, name_of in (
+        ("Brats21", n_tumour, split.brats_val, brats_id),
+        ("MSLUB", n_ms, split.mslub_val, mslub_id),
     ):
         perm = rng.permutation(n)
         n_val = _n_val(n, fraction)
-        splits[f"{prefix}_val"] = [lesion_row(folder, name_of(i)) for i in sorted(perm[:n_val])]
-        splits[f"{prefix}_test"] = [lesion_row(folder, name_of(i)) for i in sorted(perm[n_val:])]
+        splits[f"{prefix}_val"] = [row(f"Test/{prefix}", name_of(i)) for i in sorted(perm[:n_val])]
+        splits[f"{prefix}_test"] = [row(f"Test/{prefix}", name_of(i)) for i in sorted(perm[n_val:])]
     paths = {}
     for name, rows in splits.items():
         paths[name] = root / "splits" / f"{name}.csv"

@@ -25,18 +25,15 @@ def _counts(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
 
 
+def _cohort(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``make_synthetic_raw`` / ``make_synthetic_root`` that both take."""
+    return {name: getattr(args, name) for name in (*DEFAULT_COUNTS, "seed", "workers")}
+
+
 def _raw(args: argparse.Namespace) -> int:
     from pddpm_monai.data.synthetic.cohort import make_synthetic_raw, synthetic_atlas
 
-    out = make_synthetic_raw(
-        args.out,
-        n_healthy=args.n_healthy,
-        n_tumour=args.n_tumour,
-        n_ms=args.n_ms,
-        seed=args.seed,
-        skull=not args.no_skull,
-        workers=args.workers,
-    )
+    out = make_synthetic_raw(args.out, skull=not args.no_skull, **_cohort(args))
     atlas = synthetic_atlas(out / "atlas")
     print(f"raw cohort in {out} (atlas: {atlas})")
     return 0
@@ -45,15 +42,7 @@ def _raw(args: argparse.Namespace) -> int:
 def _root(args: argparse.Namespace) -> int:
     from pddpm_monai.data.synthetic.cohort import make_synthetic_root
 
-    out = make_synthetic_root(
-        args.out,
-        n_healthy=args.n_healthy,
-        n_tumour=args.n_tumour,
-        n_ms=args.n_ms,
-        seed=args.seed,
-        workers=args.workers,
-    )
-    print(f"data root in {out}")
+    print(f"data root in {make_synthetic_root(args.out, **_cohort(args))}")
     return 0
 
 
