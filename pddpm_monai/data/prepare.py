@@ -24,9 +24,10 @@ from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
+from tqdm import tqdm
 
 from pddpm_monai.data.adapters import DATASETS, Subject, find_subjects, output_paths
-from pddpm_monai.threads import resolve_threads
+from pddpm_monai.threads import resolve_threads, set_threads
 from pddpm_monai.transforms.atlas import Atlas
 from pddpm_monai.transforms.chain import preprocessing_transforms
 from pddpm_monai.transforms.config import Device, PreprocessConfig
@@ -139,11 +140,6 @@ def shard(subjects: Sequence[Subject], index: int, count: int) -> list[Subject]:
     return list(subjects[index::count])
 
 
-def is_finished(paths: dict[str, Path]) -> bool:
-    """A subject is finished when its record and all its volumes exist."""
-    return all(p.is_file() for p in paths.values())
-
-
 def process_subject(
     subject: Subject,
     data_root: str | os.PathLike,
@@ -158,7 +154,7 @@ def process_subject(
         PddpmError: bad input or a failed registration (nothing is written for this subject).
     """
     paths = output_paths(data_root, subject)
-    if is_finished(paths):
+    if all(p.is_file() for p in paths.values()):  # finished: its record and all its volumes exist
         return "skipped"
     spec = DATASETS[subject.dataset]
     chain = preprocessing_transforms(
@@ -195,14 +191,6 @@ def _write_outputs(d: dict, paths: dict[str, Path], affine: np.ndarray) -> None:
             arr = d[key].detach().cpu().numpy()[0].astype(OUTPUT_DTYPES[key])
             tmp = stack.enter_context(atomic_path(path))
             nib.save(nib.Nifti1Image(arr, affine), str(tmp))
-
-
-def _worker_init(threads: int) -> None:
-    import SimpleITK as sitk
-    import torch
-
-    torch.set_num_threads(threads)
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
 def _run_one(
@@ -246,8 +234,6 @@ def run_preprocess(
     Returns:
         The :class:`Summary`.
     """
-    from tqdm import tqdm
-
     subjects = shard(find_subjects(dataset, raw_dir), *shard_spec)  # type: ignore[arg-type]
     atlas.image, atlas.mask  # noqa: B018  (validate the atlas once, before any work)
     summary = Summary()
@@ -258,7 +244,7 @@ def run_preprocess(
             bar.update()
     else:
         threads = resolve_threads(workers=workers)  # per worker: $OMP_NUM_THREADS, else cores // workers
-        with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(threads,)) as pool:
+        with ProcessPoolExecutor(workers, initializer=set_threads, initargs=(threads,)) as pool:
             futures = [pool.submit(_run_one, s, str(data_root), atlas, device, config) for s in subjects]
             for future in as_completed(futures):
                 summary.add(*future.result())
