@@ -132,10 +132,7 @@ def ensure_output_dir(path: str | os.PathLike) -> Path:
 
 
 def read_nifti(
-    path: str | os.PathLike,
-    *,
-    allow_empty: bool = False,
-    dtype: type = np.float32,
+    path: str | os.PathLike, *, allow_empty: bool = False, dtype: type = np.float32
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read a 3-D NIfTI volume and validate it.
 

@@ -225,8 +225,7 @@ def read_split_csv(
             first, first_files = seen[item["name"]]
             if first_files != files:
                 raise InputError(
-                    csv_path,
-                    f"lines {first} and {line} list subject '{item['name']}' with different files",
+                    csv_path, f"lines {first} and {line} list subject '{item['name']}' with different files"
                 )
             duplicates.append(f"{item['name']} (lines {first}, {line})")
         else:

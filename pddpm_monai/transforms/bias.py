@@ -53,11 +53,7 @@ from monai.transforms import MapTransform, Transform
 from scipy import ndimage
 
 from pddpm_monai.transforms.config import PreprocessConfig
-from pddpm_monai.transforms.sitk_convert import (
-    RECORD_KEY,
-    metatensor_to_sitk,
-    sitk_to_metatensor,
-)
+from pddpm_monai.transforms.sitk_convert import RECORD_KEY, metatensor_to_sitk, sitk_to_metatensor
 
 __all__ = [
     "BIAS_METHODS",

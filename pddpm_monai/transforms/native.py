@@ -15,12 +15,7 @@ import SimpleITK as sitk
 import torch
 
 from pddpm_monai.transforms.registration import transform_from_record
-from pddpm_monai.transforms.sitk_convert import (
-    Interp,
-    array_to_sitk,
-    interpolator,
-    sitk_to_array,
-)
+from pddpm_monai.transforms.sitk_convert import Interp, array_to_sitk, interpolator, sitk_to_array
 from pddpm_monai.utils import InputError
 
 __all__ = ["to_native"]

@@ -325,13 +325,7 @@ def _stratified_pick(ages: np.ndarray, n_pick: int, rng: np.random.Generator) ->
 
 
 def write_root_splits(
-    root: str | os.PathLike,
-    *,
-    n_healthy: int,
-    n_tumour: int,
-    n_ms: int,
-    ages: Sequence[float],
-    seed: int,
+    root: str | os.PathLike, *, n_healthy: int, n_tumour: int, n_ms: int, ages: Sequence[float], seed: int
 ) -> dict[str, Path]:
     """Write the split CSVs of a synthetic data root (the file names of DESIGN.md), age-stratified.
 

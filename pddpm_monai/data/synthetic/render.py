@@ -93,10 +93,7 @@ def _normalise(points_mm: torch.Tensor, affine: np.ndarray, shape: Sequence[int]
 
 
 def sample_volume(
-    volume: torch.Tensor,
-    affine: np.ndarray,
-    points_mm: torch.Tensor,
-    mode: str = "bilinear",
+    volume: torch.Tensor, affine: np.ndarray, points_mm: torch.Tensor, mode: str = "bilinear"
 ) -> torch.Tensor:
     """Sample a ``(C, X, Y, Z)`` volume with voxel->mm ``affine`` at world points ``(..., 3)``; zeros outside.
 

@@ -257,12 +257,7 @@ def _candidates(resolution_mm: int, pad_mm: int, min_midline_mm: float, ms_min_w
 
 
 def atlas_subject(
-    kind: Kind,
-    index: int,
-    seed: int,
-    cfg: SynthConfig = SynthConfig(),
-    *,
-    grid: Grid = "atlas",
+    kind: Kind, index: int, seed: int, cfg: SynthConfig = SynthConfig(), *, grid: Grid = "atlas"
 ) -> Subject:
     """A skull-stripped brain in atlas space: healthy, with a BraTS-like tumour, or with MS lesions.
 
