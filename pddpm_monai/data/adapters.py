@@ -37,9 +37,9 @@ class DatasetSpec:
         split: top folder of the data root (``Train`` or ``Test``).
         folder: dataset folder of the data root (the authors' capitalisation).
         skull_stripped: raw scans are already skull-stripped (no HD-BET).
-        in_atlas_space: raw scans are already on the atlas grid (no registration).
         has_seg: raw scans come with a lesion segmentation.
         label: the split CSVs' ``label`` (0 healthy, 1 unhealthy).
+        in_atlas_space: raw scans are already on the atlas grid (no registration).
         title: the name in tables and figures (Table 1's).
         test_split: the split CSV of its test volumes (``splits/<test_split>.csv``).
         val_split: the split CSV of its validation volumes (the threshold search); ``None`` for a
@@ -49,9 +49,9 @@ class DatasetSpec:
     split: str
     folder: str
     skull_stripped: bool
-    in_atlas_space: bool
     has_seg: bool
     label: int
+    in_atlas_space: bool = False
     title: str = ""
     test_split: str = ""
     val_split: str | None = None
@@ -63,16 +63,9 @@ class DatasetSpec:
 
 
 #: the datasets of Table 1 by their command-line key: how each is stored and evaluated
-DATASETS: dict[str, DatasetSpec] = {  # fmt: skip
+DATASETS: dict[str, DatasetSpec] = {
     "ixi": DatasetSpec(
-        "Train",
-        "ixi",
-        skull_stripped=False,
-        in_atlas_space=False,
-        has_seg=False,
-        label=0,
-        title="IXI",
-        test_split="IXI_test",
+        "Train", "ixi", skull_stripped=False, has_seg=False, label=0, title="IXI", test_split="IXI_test"
     ),
     # BraTS is distributed skull-stripped on the SRI24 grid, but the authors still register it
     # affinely to the SRI24 T1 brain (preprocessing/prepare_Brats21.sh: registration.py -trans
@@ -82,7 +75,6 @@ DATASETS: dict[str, DatasetSpec] = {  # fmt: skip
         "Test",
         "Brats21",
         skull_stripped=True,
-        in_atlas_space=False,
         has_seg=True,
         label=1,
         title="BraTS21",
@@ -93,7 +85,6 @@ DATASETS: dict[str, DatasetSpec] = {  # fmt: skip
         "Test",
         "MSLUB",
         skull_stripped=True,
-        in_atlas_space=False,
         has_seg=True,
         label=1,
         title="MSLUB",

@@ -193,8 +193,7 @@ class ScanReader(ImageReader):
             raise InputError(
                 str(paths[0]) if paths else "image", f"expected one scan, got {len(paths)} paths"
             )
-        array, affine = read_scan(paths[0])
-        return array, affine
+        return read_scan(paths[0])
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
         """``(array, metadata)`` with ``affine``, ``original_affine``, ``spatial_shape``, ``space``."""

@@ -122,11 +122,7 @@ class SkullStrip(Transform):
         self.tta, self.largest_component = tta, largest_component
 
     def __call__(self, img: MetaTensor) -> MetaTensor:
-        mask = hd_bet_mask(
-            metatensor_to_sitk(img), device=self.device, folds=self.folds, tta=self.tta,
-            largest_component=self.largest_component,
-        )  # fmt: skip
-        return sitk_to_metatensor(mask, np.uint8)
+        return sitk_to_metatensor(hd_bet_mask(metatensor_to_sitk(img), **vars(self)), np.uint8)
 
 
 class SkullStripd(MapTransform):
