@@ -7,11 +7,13 @@ problem (:class:`InputError`), and so that no partial output file is ever visibl
 from __future__ import annotations
 
 import contextlib
+import csv
 import glob
+import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ __all__ = [
     "checked_volume",
     "save_nifti",
     "save_json",
+    "save_csv",
     "plain_json",
     "check_same_grid",
     "save_checkpoint",
@@ -191,6 +194,25 @@ def save_json(obj: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def save_csv(
+    header: Sequence[str],
+    rows: Iterable[Sequence],
+    path: str | os.PathLike,
+    *,
+    index: bool = False,
+    lineterminator: str = "\r\n",
+) -> Path:
+    """Write a CSV with ``header`` to ``path`` atomically; ``index``: a first, unnamed 0, 1, ... column (pandas')."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator=lineterminator)
+    writer.writerow(([""] if index else []) + list(header))
+    writer.writerows(([i] if index else []) + list(row) for i, row in enumerate(rows))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
     return path
 
 

@@ -14,8 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from collections.abc import Sequence
@@ -24,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pddpm_monai.data.adapters import DATASETS
-from pddpm_monai.utils import InputError, atomic_path
+from pddpm_monai.data.adapters import DATASETS, Subject, output_paths
+from pddpm_monai.utils import InputError, save_csv
 
 __all__ = ["SplitConfig", "SPLIT_COLUMNS", "RootEntry", "scan_data_root", "stratified_pick", "make_splits"]
 
@@ -72,13 +70,12 @@ def scan_data_root(data_root: str | os.PathLike, dataset: str) -> list[RootEntry
     entries = []
     for t2 in sorted((base / "t2").glob("*_t2.nii.gz")):
         name = t2.name[: -len("_t2.nii.gz")]
-        mask = base / "mask" / f"{name}_mask.nii.gz"
-        if not mask.is_file():
-            raise InputError(mask, "brain mask of this scan is missing from the data root")
-        seg = base / "seg" / f"{name}_seg.nii.gz"
-        if spec.has_seg and not seg.is_file():
-            raise InputError(seg, "segmentation of this scan is missing from the data root")
-        record = base / "records" / f"{name}.json"
+        paths = output_paths(root, Subject(name, dataset, t2))
+        if not paths["mask"].is_file():
+            raise InputError(paths["mask"], "brain mask of this scan is missing from the data root")
+        if spec.has_seg and not paths["seg"].is_file():
+            raise InputError(paths["seg"], "segmentation of this scan is missing from the data root")
+        record = paths["record"]
         age = json.loads(record.read_text(encoding="utf-8")).get("age") if record.is_file() else None
         age = float("nan") if age is None else float(age)
         row = {
@@ -86,8 +83,8 @@ def scan_data_root(data_root: str | os.PathLike, dataset: str) -> list[RootEntry
             "age": "" if np.isnan(age) else f"{age:g}",
             "label": str(spec.label),
             "img_path": _rel(root, t2),
-            "mask_path": _rel(root, mask),
-            "seg_path": _rel(root, seg) if spec.has_seg else "",
+            "mask_path": _rel(root, paths["mask"]),
+            "seg_path": _rel(root, paths["seg"]) if spec.has_seg else "",
         }
         entries.append(RootEntry(name, age, row))
     return entries
@@ -148,16 +145,6 @@ def _val_test(
     return {f"{prefix}_val": sorted(perm[:k]), f"{prefix}_test": sorted(perm[k:])}
 
 
-def _write_split(path: Path, rows: list[dict[str, str]]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["", *SPLIT_COLUMNS])
-    for i, row in enumerate(rows):
-        writer.writerow([i, *(row[c] for c in SPLIT_COLUMNS)])
-    with atomic_path(path) as tmp:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-
-
 def make_splits(
     data_root: str | os.PathLike, *, seed: int = 0, config: SplitConfig = SplitConfig()
 ) -> dict[str, Path]:
@@ -192,6 +179,7 @@ def make_splits(
         )
     written = {}
     for name, (entries, idx) in plans.items():
-        written[name] = root / "splits" / f"{name}.csv"
-        _write_split(written[name], [entries[i].row for i in idx])
+        rows = [[entries[i].row[c] for c in SPLIT_COLUMNS] for i in idx]
+        path = root / "splits" / f"{name}.csv"
+        written[name] = save_csv(SPLIT_COLUMNS, rows, path, index=True, lineterminator="\n")
     return written

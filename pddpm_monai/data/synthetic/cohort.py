@@ -7,8 +7,6 @@ sidecar JSON exists is finished and skipped on re-runs. Each subject depends onl
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -19,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pddpm_monai.data.splits import SplitConfig
+from pddpm_monai.data.splits import SPLIT_COLUMNS, SplitConfig
 from pddpm_monai.data.synthetic.anatomy import load_atlas
 from pddpm_monai.data.synthetic.config import SynthConfig
 from pddpm_monai.data.synthetic.subjects import (
@@ -30,7 +28,7 @@ from pddpm_monai.data.synthetic.subjects import (
     subject_rng,
     template_t2,
 )
-from pddpm_monai.utils import InputError, atomic_path, ensure_output_dir, save_json, save_nifti
+from pddpm_monai.utils import InputError, ensure_output_dir, save_csv, save_json, save_nifti
 
 __all__ = [
     "ixi_id",
@@ -230,7 +228,7 @@ def make_synthetic_raw(
     out = _write_subjects("raw", out_dir, counts, seed=seed, workers=workers, skull=skull, cfg=cfg)
     if n_healthy:
         rows = [demographics(i, seed, cfg) for i in range(n_healthy)]
-        _write_csv(out / "IXI" / "IXI.csv", list(rows[0]), [list(r.values()) for r in rows], index=False)
+        save_csv(list(rows[0]), [list(r.values()) for r in rows], out / "IXI" / "IXI.csv")
     return out
 
 
@@ -301,16 +299,6 @@ TEMPLATE_WM_LEVEL = 1000.0
 # ---------------------------------------------------------------- splits ----------------
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list], *, index: bool = True) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(([""] if index else []) + header)
-    for i, row in enumerate(rows):
-        writer.writerow(([i] if index else []) + row)
-    with atomic_path(path) as tmp:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-
-
 def _n_val(n: int, fraction: float) -> int:
     """Validation count: the fraction of ``n``, at least 1 while leaving at least 1 for the other split."""
     return 0 if n < 2 else int(min(max(1, round(fraction * n)), n - 1))
@@ -341,7 +329,6 @@ def write_root_splits(
     root, split = Path(root), SplitConfig()
     rng = subject_rng(seed, "splits", 0)
     ages_arr = np.asarray(ages, dtype=np.float64)
-    header = ["img_name", "age", "label", "img_path", "mask_path", "seg_path"]
 
     def row(folder: str, name: str, age: object = "") -> list:
         """A CSV row: healthy IXI subjects have an age and no seg, the lesion datasets a seg."""
@@ -368,8 +355,7 @@ def write_root_splits(
         n_val = _n_val(n, fraction)
         splits[f"{prefix}_val"] = [row(f"Test/{prefix}", name_of(i)) for i in sorted(perm[:n_val])]
         splits[f"{prefix}_test"] = [row(f"Test/{prefix}", name_of(i)) for i in sorted(perm[n_val:])]
-    paths = {}
-    for name, rows in splits.items():
-        paths[name] = root / "splits" / f"{name}.csv"
-        _write_csv(paths[name], header, rows)
-    return paths
+    return {
+        name: save_csv(SPLIT_COLUMNS, rows, root / "splits" / f"{name}.csv", index=True)
+        for name, rows in splits.items()
+    }
