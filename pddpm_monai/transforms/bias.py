@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -212,6 +213,7 @@ def robust_n4_correct(
     return sitk.Mask(image / sitk.Exp(log_field), mask)
 
 
+@dataclass(eq=False)
 class N4BiasCorrection(Transform):
     """N4 bias field correction of an image inside a mask (see :func:`n4_correct`).
 
@@ -221,13 +223,11 @@ class N4BiasCorrection(Transform):
         control_points: B-spline control points per axis.
     """
 
-    #: the correction, called with this transform's attributes as keyword arguments
+    #: the correction, called with this transform's fields as keyword arguments
     correct = staticmethod(n4_correct)
-
-    def __init__(
-        self, shrink: int = 4, iterations: Sequence[int] = (50, 50, 50, 50), control_points: int = 4
-    ):
-        self.shrink, self.iterations, self.control_points = shrink, tuple(iterations), control_points
+    shrink: int = 4
+    iterations: Sequence[int] = (50, 50, 50, 50)
+    control_points: int = 4
 
     def __call__(self, img: MetaTensor, mask: MetaTensor) -> MetaTensor:
         out = self.correct(metatensor_to_sitk(img), metatensor_to_sitk(mask), **vars(self))
@@ -260,6 +260,7 @@ class N4BiasCorrectiond(MapTransform):
         return d
 
 
+@dataclass(eq=False)
 class RobustN4BiasCorrection(N4BiasCorrection):
     """:class:`N4BiasCorrection` with :func:`robust_n4_correct`.
 
@@ -273,18 +274,9 @@ class RobustN4BiasCorrection(N4BiasCorrection):
     """
 
     correct = staticmethod(robust_n4_correct)
-
-    def __init__(
-        self,
-        shrink: int = 4,
-        iterations: Sequence[int] = (50, 50, 50, 50),
-        control_points: int = 4,
-        coarse_levels: int = 2,
-        exclude_above: float = 1.0,
-        dilate_mm: float = 2.0,
-    ):
-        super().__init__(shrink, iterations, control_points)
-        self.coarse_levels, self.exclude_above, self.dilate_mm = coarse_levels, exclude_above, dilate_mm
+    coarse_levels: int = 2
+    exclude_above: float = 1.0
+    dilate_mm: float = 2.0
 
 
 def bias_corrector(config: PreprocessConfig) -> N4BiasCorrection:

@@ -204,10 +204,7 @@ class RegisterToAtlasd(MapTransform):
     def _check(self, d: dict, metric: float, source: str) -> dict[str, float]:
         cfg = self.config
         atlas_mask = self.atlas.mask
-        if self.mask_key in d:
-            moved = unpack(d[self.mask_key])[0] > 0
-        else:
-            moved = unpack(d[self.image_key])[0] > 0
+        moved = unpack(d[self.mask_key if self.mask_key in d else self.image_key])[0] > 0
         dice, ratio = _dice(moved, atlas_mask), float(moved.sum() / max(atlas_mask.sum(), 1))
         problems = []
         if metric > cfg.reg_max_metric:

@@ -11,6 +11,7 @@ import contextlib
 import io
 import time
 from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -101,6 +102,7 @@ def hd_bet_mask(
     return sitk.Resample(mask, img, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
+@dataclass(eq=False)
 class SkullStrip(Transform):
     """HD-BET brain mask of a ``(1, X, Y, Z)`` MetaTensor (returned as a uint8 MetaTensor).
 
@@ -111,15 +113,10 @@ class SkullStrip(Transform):
         largest_component: keep only the largest connected component.
     """
 
-    def __init__(
-        self,
-        device: Device = "cpu",
-        folds: tuple[int, ...] = (0,),
-        tta: bool = False,
-        largest_component: bool = True,
-    ):
-        self.device, self.folds = device, tuple(folds)
-        self.tta, self.largest_component = tta, largest_component
+    device: Device = "cpu"
+    folds: tuple[int, ...] = (0,)
+    tta: bool = False
+    largest_component: bool = True
 
     def __call__(self, img: MetaTensor) -> MetaTensor:
         return sitk_to_metatensor(hd_bet_mask(metatensor_to_sitk(img), **vars(self)), np.uint8)
