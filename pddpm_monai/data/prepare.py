@@ -19,7 +19,6 @@ import traceback
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import nibabel as nib
@@ -177,20 +176,13 @@ def process_subject(
         files={k: str(p.relative_to(data_root)) for k, p in paths.items() if k != "record"},
         config=dataclasses.asdict(config),
     )
-    _write_outputs(d, paths, affine)
+    with contextlib.ExitStack() as stack:  # every volume under a temporary name, then all renamed
+        for key, path in paths.items():
+            if key != "record":
+                arr = d[key].detach().cpu().numpy()[0].astype(OUTPUT_DTYPES[key])
+                nib.save(nib.Nifti1Image(arr, affine), str(stack.enter_context(atomic_path(path))))
     save_json(record, paths["record"])  # last: marks the subject finished
     return "done"
-
-
-def _write_outputs(d: dict, paths: dict[str, Path], affine: np.ndarray) -> None:
-    """Write every volume under a temporary name, then rename them all (all or nothing)."""
-    with contextlib.ExitStack() as stack:
-        for key, path in paths.items():
-            if key == "record":
-                continue
-            arr = d[key].detach().cpu().numpy()[0].astype(OUTPUT_DTYPES[key])
-            tmp = stack.enter_context(atomic_path(path))
-            nib.save(nib.Nifti1Image(arr, affine), str(tmp))
 
 
 def _run_one(

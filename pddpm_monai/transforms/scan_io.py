@@ -101,16 +101,6 @@ def dicom_series(folder: str | os.PathLike) -> list[str]:
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uids[0]))
 
 
-def _read_sitk(path: Path, image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(
-            path, f"expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components"
-        )
-    if image.GetDimension() != 3:
-        raise InputError(path, f"expected a 3-D image, got a {image.GetDimension()}-D one")
-    return checked_volume(path, *sitk_to_array(image))
-
-
 def read_scan(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read and validate one 3-D scan: NIfTI, NRRD/MetaImage, or a folder holding one DICOM series.
 
@@ -145,7 +135,13 @@ def read_scan(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise InputError(path, f"not a readable {what} ({first})") from None
-    return _read_sitk(path, image)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            path, f"expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components"
+        )
+    if image.GetDimension() != 3:
+        raise InputError(path, f"expected a 3-D image, got a {image.GetDimension()}-D one")
+    return checked_volume(path, *sitk_to_array(image))
 
 
 def scan_name(path: str | os.PathLike) -> str:

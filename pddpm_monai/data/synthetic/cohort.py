@@ -21,7 +21,6 @@ from pddpm_monai.data.splits import SPLIT_COLUMNS, SplitConfig
 from pddpm_monai.data.synthetic.anatomy import load_atlas
 from pddpm_monai.data.synthetic.config import SynthConfig
 from pddpm_monai.data.synthetic.subjects import (
-    Subject,
     atlas_grid,
     atlas_subject,
     healthy_raw,
@@ -92,19 +91,6 @@ class _Job:
     cfg: SynthConfig
 
 
-def _save_subject(subject: Subject, paths: dict[str, Path | None], dtype=None) -> None:
-    data = (
-        subject.image
-        if dtype is None
-        else np.clip(np.rint(subject.image), 0, np.iinfo(dtype).max).astype(dtype)
-    )
-    save_nifti(data, subject.affine, paths["image"])
-    save_nifti(subject.mask, subject.affine, paths["mask"])
-    if paths["seg"] is not None and subject.seg is not None:
-        save_nifti(subject.seg, subject.affine, paths["seg"])
-    save_json(subject.params, paths["sidecar"])  # last: its presence marks the subject as finished
-
-
 #: per kind: subject name, raw dataset folder, raw image and seg below it (``{n}``: the name), data-root folder
 _LAYOUTS = {
     "healthy": (ixi_id, "IXI", "{n}-T2.nii.gz", None, "Train/ixi"),
@@ -146,7 +132,14 @@ def _run_job(job: _Job) -> None:
         subject = atlas_subject(
             kind, job.index, job.seed, job.cfg, grid="atlas" if where == "raw" else "root"
         )
-    _save_subject(subject, paths, _BRATS_DTYPE if job.kind == "tumour_raw" else None)
+    image = subject.image
+    if job.kind == "tumour_raw":
+        image = np.clip(np.rint(image), 0, np.iinfo(_BRATS_DTYPE).max).astype(_BRATS_DTYPE)
+    save_nifti(image, subject.affine, paths["image"])
+    save_nifti(subject.mask, subject.affine, paths["mask"])
+    if paths["seg"] is not None and subject.seg is not None:
+        save_nifti(subject.seg, subject.affine, paths["seg"])
+    save_json(subject.params, paths["sidecar"])  # last: its presence marks the subject as finished
 
 
 def _write_subjects(
