@@ -28,10 +28,8 @@ METHOD_LABELS: dict[str, str] = {
 def method_label(name: str) -> str:
     """The paper's name of method ``name`` (a registry key or already a label); other names unchanged."""
     key = str(name).lower()
-    if key in METHOD_LABELS:
-        return METHOD_LABELS[key]
     by_label = {label.lower(): label for label in METHOD_LABELS.values()}
-    return by_label.get(key, str(name))
+    return METHOD_LABELS.get(key) or by_label.get(key, str(name))
 
 
 def method_order(name: str) -> tuple[int, str]:

@@ -16,7 +16,6 @@ import dataclasses
 import os
 import sys
 import traceback
-from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,7 +37,6 @@ __all__ = [
     "preprocess_scan",
     "Summary",
     "parse_shard",
-    "shard",
     "process_subject",
     "run_preprocess",
 ]
@@ -134,11 +132,6 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return i, n
 
 
-def shard(subjects: Sequence[Subject], index: int, count: int) -> list[Subject]:
-    """Every ``count``-th subject starting at ``index`` (a stable, name-sorted partition)."""
-    return list(subjects[index::count])
-
-
 def process_subject(
     subject: Subject,
     data_root: str | os.PathLike,
@@ -226,7 +219,8 @@ def run_preprocess(
     Returns:
         The :class:`Summary`.
     """
-    subjects = shard(find_subjects(dataset, raw_dir), *shard_spec)  # type: ignore[arg-type]
+    index, count = shard_spec  # every count-th subject from index: a stable, name-sorted partition
+    subjects = find_subjects(dataset, raw_dir)[index::count]  # type: ignore[arg-type]
     atlas.image, atlas.mask  # noqa: B018  (validate the atlas once, before any work)
     summary = Summary()
     bar = tqdm(total=len(subjects), desc=f"preprocess {dataset}", disable=not progress, file=sys.stderr)

@@ -72,8 +72,7 @@ class CurvatureFlow(Transform):
     """
 
     def __init__(self, time_step: float = 0.125, iterations: int = 3):
-        self.time_step = time_step
-        self.iterations = iterations
+        self.time_step, self.iterations = time_step, iterations
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         arr = img.detach().cpu().numpy().astype(np.float32)

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,14 +71,12 @@ def is_scan_path(path: str | os.PathLike) -> bool:
 def _series_label(folder: Path, uid: str) -> str:
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
     description = ""
-    try:
+    with contextlib.suppress(RuntimeError):
         reader = sitk.ImageFileReader()
         reader.SetFileName(files[0])
         reader.ReadImageInformation()
         if reader.HasMetaDataKey(_SERIES_DESCRIPTION):
             description = reader.GetMetaData(_SERIES_DESCRIPTION).strip()
-    except RuntimeError:
-        pass
     return f"{uid}{f' {description!r}' if description else ''} ({len(files)} files)"
 
 
