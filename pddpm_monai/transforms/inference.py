@@ -101,9 +101,6 @@ class PrepareScand(MapTransform):
         self.raw, self.atlas, self.skull_stripped = raw, atlas, skull_stripped
         self.device, self.config, self.cache_dir = device, config, cache_dir
 
-    def _atlas(self) -> Atlas:
-        return self.atlas if isinstance(self.atlas, Atlas) else resolve_atlas(self.atlas)
-
     def _preprocess(self, img: MetaTensor, source: str, atlas: Atlas) -> tuple[MetaTensor, MetaTensor, dict]:
         """The §4.1 chain on the native scan: ``(t2, mask, record)`` on the data-root grid."""
         arr = img.detach().cpu().numpy()[0].astype(np.float32)
@@ -149,7 +146,7 @@ class PrepareScand(MapTransform):
 
     def _raw(self, img: MetaTensor, source: str) -> tuple[MetaTensor, MetaTensor, dict]:
         """``(t2, mask, record)`` of a raw scan, through the cache when there is one."""
-        atlas = self._atlas()
+        atlas = self.atlas if isinstance(self.atlas, Atlas) else resolve_atlas(self.atlas)
         if self.cache_dir is None:
             return self._preprocess(img, source, atlas)
         cached = self._cached(source, atlas)
