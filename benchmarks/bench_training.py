@@ -25,6 +25,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from _common import load_average
+from torch.utils.data import DataLoader
 
 from pddpm_monai.data.dataset import RandomSliceDataset, volume_dataset
 from pddpm_monai.engines.trainer import TrainConfig, build_loaders, build_method_for, build_trainer
@@ -71,7 +73,10 @@ def bench_cache(items) -> dict:
     }
 
 
-def bench_engine(device: str, iterations: int, channels: int, out_dir: Path) -> dict:
+def engine_setup(
+    device: str, iterations: int, channels: int, out_dir: Path
+) -> tuple[TrainConfig, DataLoader]:
+    """A one-epoch run of ``iterations`` batches of 8 random slices, with a small network."""
     gen = torch.Generator().manual_seed(0)
     volumes = [{"image": torch.rand(1, 96, 96, 50, generator=gen)} for _ in range(8)]
     options = {"network": {"model_channels": channels, "channel_mult": [1, 2, 2], "num_res_blocks": 1}}
@@ -85,9 +90,13 @@ def bench_engine(device: str, iterations: int, channels: int, out_dir: Path) -> 
         image_interval=0,
         resume=False,
     )
+    return config, build_loaders(config, volumes)[0]
+
+
+def bench_engine(device: str, iterations: int, channels: int, out_dir: Path) -> dict:
+    config, loader = engine_setup(device, iterations, channels, out_dir)
     method = build_method_for(config)
-    loader, _ = build_loaders(config, volumes)
-    batches = [b for b in loader]
+    batches = list(loader)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     # bare loop (reference): the same method/optimiser calls without the engine
@@ -119,14 +128,7 @@ def bench_engine(device: str, iterations: int, channels: int, out_dir: Path) -> 
 
 def bench_threads(device: str, iterations: int, channels: int, counts: list[int], out_dir: Path) -> dict:
     """Slices/s of the bare training loop for each torch thread count (same batches, same weights)."""
-    gen = torch.Generator().manual_seed(0)
-    volumes = [{"image": torch.rand(1, 96, 96, 50, generator=gen)} for _ in range(8)]
-    options = {"network": {"model_channels": channels, "channel_mult": [1, 2, 2], "num_res_blocks": 1}}
-    config = TrainConfig(
-        out_dir=str(out_dir), method_options=options, batch_size=8, slices_per_volume=iterations,
-        epochs=1, device=device, image_interval=0, resume=False,
-    )  # fmt: skip
-    loader, _ = build_loaders(config, volumes)
+    config, loader = engine_setup(device, iterations, channels, out_dir)
     batches = [b["image"].to(device) for b in loader]
     before = torch.get_num_threads()
     result = {}
@@ -146,7 +148,7 @@ def bench_threads(device: str, iterations: int, channels: int, counts: list[int]
     first = result[f"threads_{counts[0]}_slices_per_s"]
     for count in counts[1:]:
         result[f"ratio_{count}_vs_{counts[0]}"] = round(result[f"threads_{count}_slices_per_s"] / first, 2)
-    result["load_average"] = open("/proc/loadavg", encoding="utf-8").read().split()[:3]
+    result["load_average"] = load_average().split()
     return result
 
 
