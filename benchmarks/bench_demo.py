@@ -25,7 +25,11 @@ import time
 from datetime import date
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 from _common import cpu_model, cpu_seconds
+
+from pddpm_monai.pipeline.demo import DemoConfig, DemoPaths, _detect_scan, _stage_detect, run_demo
 
 #: the issue's budget for the whole demo on 2 CPU cores
 BUDGET_S = 15 * 60
@@ -33,11 +37,6 @@ BUDGET_S = 15 * 60
 
 def redetect(out: Path) -> None:
     """The demo's detect stage again (current code) into ``out/detect_rerun``, against the true tumour."""
-    import nibabel as nib
-    import numpy as np
-
-    from pddpm_monai.pipeline.demo import DemoConfig, DemoPaths, _detect_scan, _stage_detect
-
     paths = DemoPaths(out)
     paths.detect = out / "detect_rerun"
     start = time.perf_counter()
@@ -69,8 +68,6 @@ def main() -> None:
     load_before = os.getloadavg()
     start, cpu = time.perf_counter(), cpu_seconds()
     if not args.read:
-        from pddpm_monai.pipeline.demo import DemoConfig, run_demo
-
         run_demo(args.out, DemoConfig.quick() if args.quick else DemoConfig())
     wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     stages = json.loads((args.out / "stages.json").read_text(encoding="utf-8"))

@@ -117,6 +117,14 @@ def authors_loop(
     return process.from_model_space(total / count)
 
 
+def batched(slices: Tensor, network, process, args, max_batch: int, precision: str | None = None) -> Tensor:
+    """``patched_reconstruction`` in batched mode with the run's settings and noise seed."""
+    return patched_reconstruction(
+        slices, network, process, t_test=args.t_test, patch_size=args.patch, max_batch=max_batch,
+        generator=torch.Generator().manual_seed(args.seed), precision=precision,
+    )  # fmt: skip
+
+
 def sync(device: str) -> Callable[[], None]:
     """What waits for the device's queued work before a clock is read."""
     return torch.cuda.synchronize if device == "cuda" else lambda: None
@@ -187,31 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("|---|---|---|---|---|---|---|", flush=True)
     with torch.inference_mode():
-        wall, cpu, reference = timed(
-            lambda: authors_loop(
-                slices, network, process, t_test=args.t_test, patch=args.patch, seed=args.seed
-            ),
-            args.repeats,
-            warmup=True,
-            sync=sync(device),
+        loop = partial(
+            authors_loop, slices, network, process, t_test=args.t_test, patch=args.patch, seed=args.seed
         )
+        wall, cpu, reference = timed(loop, args.repeats, warmup=True, sync=sync(device))
         base = Timing("sequential (authors' loop)", wall * scale, cpu * scale, reference)
         report(base, base)
         for max_batch in (int(v) for v in args.max_batch.split(",")):
-            wall, cpu, output = timed(
-                lambda mb=max_batch: patched_reconstruction(
-                    slices,
-                    network,
-                    process,
-                    t_test=args.t_test,
-                    patch_size=args.patch,
-                    max_batch=mb,
-                    generator=torch.Generator().manual_seed(args.seed),
-                ),
-                args.repeats,
-                warmup=True,
-                sync=sync(device),
-            )
+            run = partial(batched, slices, network, process, args, max_batch)
+            wall, cpu, output = timed(run, args.repeats, warmup=True, sync=sync(device))
             report(Timing(f"batched, max_batch={max_batch}", wall * scale, cpu * scale, output), base)
         if args.paths:
             compare_paths(args, base_network, slices, process, reference)
@@ -253,10 +245,7 @@ def compare_paths(args, base: torch.nn.Module, slices: Tensor, process, referenc
 
         def volumes(count: int = 1, network=network, precision=precision) -> Tensor:
             for _ in range(count):
-                output = patched_reconstruction(
-                    slices, network, process, t_test=args.t_test, patch_size=args.patch, max_batch=max_batch,
-                    generator=torch.Generator().manual_seed(args.seed), precision=precision,
-                )  # fmt: skip
+                output = batched(slices, network, process, args, max_batch, precision)
             return output
 
         first, _, output = timed(volumes, 1, sync=wait)  # warm-up, compilation
