@@ -175,9 +175,7 @@ def main() -> None:
     data = args.data
     atlas = resolve_atlas(data / "sri24")
     config = PreprocessConfig()
-    print(
-        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, Model name: {cpu_model()}, {args.threads} threads"
-    )
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_model()}, {args.threads} threads")
     print(f"# load average before: {os.getloadavg()}")
     axcodes = "".join(nib.aff2axcodes(atlas.image[1]))
     keys = ("t2", "mask", "seg")

@@ -91,9 +91,7 @@ def main() -> None:
     data = args.data
     atlas = resolve_atlas(data / "sri24")
     config = PreprocessConfig()
-    print(
-        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, Model name: {cpu_model()}, {args.threads} threads"
-    )
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_model()}, {args.threads} threads")
     cases = [("healthy head 224x224x60 @1x1x2 mm", data / "healthy" / "T2w_head.nii.gz", False)]
     cases.append(("MSLUB patient07 (MNI, stripped)", data / "mslub" / "patient07" / "T2.nii.gz", True))
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,19 +16,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+import torch
 from _common import cpu_model, cpu_seconds
+from scipy import ndimage
+
+from pddpm_monai.data.synthetic import make_synthetic_raw, make_synthetic_root
+from pddpm_monai.data.synthetic.anatomy import load_atlas
+from pddpm_monai.data.synthetic.render import sample_volume, source_map
 
 
 def _reference() -> dict[str, float]:
     """Seconds of: scipy map_coordinates warp, our grid_sample warp (same map), one int16 gz write."""
-    import nibabel as nib
-    import torch
-    from scipy import ndimage
-
-    from pddpm_monai.data.synthetic.anatomy import load_atlas
-    from pddpm_monai.data.synthetic.render import sample_volume, source_map
-
     atlas = load_atlas()
     shape, affine = (256, 256, 150), np.diag([0.9375, 0.9375, 1.2, 1.0])
     affine[:3, 3] = -np.asarray(shape) * np.diag(affine)[:3] / 2
@@ -58,9 +58,6 @@ def main() -> None:
     parser.add_argument("--root-healthy", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-
-    from pddpm_monai.data.synthetic import make_synthetic_raw, make_synthetic_root
-
     ref = _reference()
     raw_args = {"n_healthy": args.n_healthy, "n_tumour": args.n_tumour, "n_ms": args.n_ms, "seed": 0}
     with tempfile.TemporaryDirectory(prefix="bench_synth_", ignore_cleanup_errors=True) as name:
