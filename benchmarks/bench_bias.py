@@ -25,10 +25,13 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from _common import DATA
 
 from pddpm_monai.data.prepare import load_subject
 from pddpm_monai.data.synthetic.config import SynthConfig
@@ -42,18 +45,19 @@ from pddpm_monai.transforms.spatial import CropToBraind, brain_box, crop_or_pad
 from pddpm_monai.utils import read_nifti
 
 CASES = ("Brats18_2013_3_1", "Brats18_CBICA_ABM_1", "Brats18_TCIA01_425_1")
-METHODS = ("n4", "robust")
+METHODS = {"n4": n4_correct, "robust": robust_n4_correct}
 
 
-def _correct(
-    method: str, img: sitk.Image, mask: sitk.Image, cfg: PreprocessConfig
-) -> tuple[np.ndarray, float]:
-    fn = n4_correct if method == "n4" else robust_n4_correct
-    start = time.perf_counter()
-    out = fn(
-        img, mask, shrink=cfg.n4_shrink, iterations=cfg.n4_iterations, control_points=cfg.n4_control_points
-    )
-    return sitk_to_array(out)[0], time.perf_counter() - start
+def _correct(row: dict, img: sitk.Image, mask: sitk.Image, cfg: PreprocessConfig, measure: Callable) -> dict:
+    """``row`` with ``measure`` of each correction of ``img`` and its seconds (printed as it comes)."""
+    n4 = {"shrink": cfg.n4_shrink, "iterations": cfg.n4_iterations, "control_points": cfg.n4_control_points}
+    for method, correct in METHODS.items():
+        start = time.perf_counter()
+        out = correct(img, mask, **n4)
+        seconds = time.perf_counter() - start
+        row[method], row[f"{method}_s"] = measure(sitk_to_array(out)[0]), seconds
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def _ratio(v: np.ndarray, seg: np.ndarray, brain: np.ndarray) -> float:
@@ -72,16 +76,8 @@ def brats_contrast(data: Path, cfg: PreprocessConfig) -> list[dict]:
         seg = d["seg"].numpy()[0] > 0
         img, mask = array_to_sitk(t2, aff), array_to_sitk(brain.astype(np.uint8), aff)
 
-        row: dict = {
-            "case": case,
-            "raw": _ratio(t2, seg, brain),
-            "tumour_ml": float((seg & brain).sum()) / 1000.0,
-        }
-        for method in METHODS:
-            out, seconds = _correct(method, img, mask, cfg)
-            row[method], row[f"{method}_s"] = _ratio(out, seg, brain), seconds
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        row = {"case": case, "raw": _ratio(t2, seg, brain), "tumour_ml": float((seg & brain).sum()) / 1000.0}
+        rows.append(_correct(row, img, mask, cfg, partial(_ratio, seg=seg, brain=brain)))
     return rows
 
 
@@ -104,12 +100,8 @@ def field_removal(data: Path, cfg: PreprocessConfig, seeds: int) -> list[dict]:
     for seed in range(seeds):
         cp = smooth_field(np.random.default_rng(seed), 1, scanner.bias_cells) * scanner.bias_amplitude
         biased = (t2 * np.exp(upsample_field(cp, t2.shape)[0])).astype(np.float32)
-        row: dict = {"seed": seed, "atlas": cov(t2), "biased": cov(biased)}
-        for method in METHODS:
-            out, seconds = _correct(method, array_to_sitk(biased, grid), mask, cfg)
-            row[method], row[f"{method}_s"] = cov(out), seconds
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        row = {"seed": seed, "atlas": cov(t2), "biased": cov(biased)}
+        rows.append(_correct(row, array_to_sitk(biased, grid), mask, cfg, cov))
     return rows
 
 
@@ -145,7 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--threads", type=int, default=1, help="SimpleITK threads (default 1)")
     parser.add_argument("--seeds", type=int, default=3, help="synthetic bias fields (default 3)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")

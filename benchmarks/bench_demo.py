@@ -21,38 +21,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import time
 from datetime import date
 from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from _common import cpu_model, cpu_seconds
+
+from pddpm_monai.pipeline.demo import DemoConfig, DemoPaths, _detect_scan, _stage_detect, run_demo
 
 #: the issue's budget for the whole demo on 2 CPU cores
 BUDGET_S = 15 * 60
 
 
-def _cpu_seconds() -> float:
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def redetect(out: Path) -> None:
     """The demo's detect stage again (current code) into ``out/detect_rerun``, against the true tumour."""
-    import nibabel as nib
-    import numpy as np
-
-    from pddpm_monai.pipeline.demo import DemoConfig, DemoPaths, _detect_scan, _stage_detect
-
     paths = DemoPaths(out)
     paths.detect = out / "detect_rerun"
     start = time.perf_counter()
@@ -82,15 +66,13 @@ def main() -> None:
         redetect(args.out)
         return
     load_before = os.getloadavg()
-    start, cpu = time.perf_counter(), _cpu_seconds()
+    start, cpu = time.perf_counter(), cpu_seconds()
     if not args.read:
-        from pddpm_monai.pipeline.demo import DemoConfig, run_demo
-
         run_demo(args.out, DemoConfig.quick() if args.quick else DemoConfig())
-    wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     stages = json.loads((args.out / "stages.json").read_text(encoding="utf-8"))
     total = sum(float(s["seconds"]) for s in stages.values())
-    print(f"{_cpu_model()}, {os.cpu_count()} cores, {date.today()}, load average before {load_before[0]:.1f}, "
+    print(f"{cpu_model()}, {os.cpu_count()} cores, {date.today()}, load average before {load_before[0]:.1f}, "
           f"after {os.getloadavg()[0]:.1f}")  # fmt: skip
     print("\n| stage | wall s | note |\n|---|---|---|")
     for name, info in stages.items():

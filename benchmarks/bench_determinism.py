@@ -35,9 +35,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
-import torch
+from _common import DATA, cpu_model
 
 from pddpm_monai.data.prepare import load_subject
+from pddpm_monai.threads import set_threads
 from pddpm_monai.transforms.atlas import resolve_atlas
 from pddpm_monai.transforms.bias import n4_correct
 from pddpm_monai.transforms.config import PreprocessConfig
@@ -46,7 +47,6 @@ from pddpm_monai.transforms.sitk_convert import array_to_sitk, sitk_to_array
 from pddpm_monai.transforms.skull_strip import SkullStripd
 from pddpm_monai.transforms.spatial import CropToBraind, ResampleToSpacingd
 
-ROOT = Path(__file__).resolve().parents[1]
 SCAN = Path("healthy") / "T2w_head.nii.gz"
 
 #: a child process: preprocess the scan, save the arrays and the record, print their digest
@@ -147,15 +147,7 @@ def fresh_processes(data: Path, threads: int) -> str:
         outs, records = [], []
         for i in range(2):
             path = Path(tmp) / f"run{i}.npz"
-            cmd = [
-                sys.executable,
-                "-c",
-                CHILD,
-                str(data / SCAN),
-                str(data / "sri24"),
-                str(threads),
-                str(path),
-            ]
+            cmd = [sys.executable, "-c", CHILD, *map(str, (data / SCAN, data / "sri24", threads, path))]
             env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
             proc = subprocess.run(
                 cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", check=True, env=env
@@ -174,25 +166,16 @@ def fresh_processes(data: Path, threads: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fresh-processes", action="store_true")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
-    data = Path(args.data)
+    set_threads(args.threads)
+    data = args.data
     atlas = resolve_atlas(data / "sri24")
     config = PreprocessConfig()
-    cpu = subprocess.run(
-        "lscpu | grep 'Model name'",
-        shell=True,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-    ).stdout
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu.strip()}, {args.threads} threads")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_model()}, {args.threads} threads")
     print(f"# load average before: {os.getloadavg()}")
     axcodes = "".join(nib.aff2axcodes(atlas.image[1]))
     keys = ("t2", "mask", "seg")

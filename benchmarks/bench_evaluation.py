@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
+from functools import partial
 
 import numpy as np
+from _common import timed
 
 from pddpm_monai.evaluation.metrics import volume_metrics
 from pddpm_monai.evaluation.postprocess import binarize, postprocess_anomaly_map
@@ -36,15 +37,6 @@ def _scores(rng: np.random.Generator, n: int, lesion_fraction: float) -> tuple[n
     return scores.astype(np.float32), labels
 
 
-def _time(fn, repeats: int) -> tuple[float, object]:
-    best, result = np.inf, None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--volumes", type=int, default=10, help="pooled validation volumes (96x96x50)")
@@ -57,9 +49,9 @@ def main() -> None:
 
     s, y = _scores(rng, args.small, 0.05)
     s = np.round(s * 1e5) / 1e5  # ties, as in real maps
-    t_exact, exact = _time(lambda: best_dice_threshold(s, y), args.repeats)
-    t_brute, brute = _time(lambda: brute_force_threshold(s, y), 1)
-    t_halve, halve = _time(lambda: interval_halving_threshold(s, y), args.repeats)
+    t_exact, _, exact = timed(lambda: best_dice_threshold(s, y), args.repeats)
+    t_brute, _, brute = timed(lambda: brute_force_threshold(s, y), 1)
+    t_halve, _, halve = timed(lambda: interval_halving_threshold(s, y), args.repeats)
     print(f"small: {args.small} voxels, {np.unique(s).size} distinct scores")
     print(f"  exact        {t_exact * 1e3:9.2f} ms  thr {exact.threshold:.4f} dice {exact.dice:.4f}")
     print(
@@ -79,8 +71,8 @@ def main() -> None:
         all_scores.append(v)
         all_labels.append(lab)
     full_s, full_y = np.concatenate(all_scores), np.concatenate(all_labels)
-    t_exact, exact = _time(pool.best, args.repeats)
-    t_halve, halve = _time(lambda: interval_halving_threshold(full_s, full_y), args.repeats)
+    t_exact, _, exact = timed(pool.best, args.repeats)
+    t_halve, _, halve = timed(lambda: interval_halving_threshold(full_s, full_y), args.repeats)
     print(
         f"pooled: {args.volumes} volumes, {full_s.size / 1e6:.1f} M voxels ({pool.scores().size / 1e6:.1f} M in the brain)"
     )
@@ -92,14 +84,12 @@ def main() -> None:
 
     amap, seg = full_s[:n].reshape(GRID), full_y[:n].reshape(GRID)
     mask = amap > 0
-    t_post, scores = _time(lambda: postprocess_anomaly_map(amap, mask), 1)
-    t_bin, pred = _time(lambda: binarize(scores, exact.threshold), 1)
-    t_metrics, _ = _time(
-        lambda: volume_metrics(
-            scores, pred, seg, mask, image=amap, reconstruction=None, raw_anomaly_map=amap
-        ),
-        1,
+    t_post, _, scores = timed(lambda: postprocess_anomaly_map(amap, mask), 1)
+    t_bin, _, pred = timed(lambda: binarize(scores, exact.threshold), 1)
+    metrics = partial(
+        volume_metrics, scores, pred, seg, mask, image=amap, reconstruction=None, raw_anomaly_map=amap
     )
+    t_metrics = timed(metrics, 1)[0]
     print(
         f"per volume {GRID}: post-process {t_post:.2f} s, binarise+CC {t_bin:.2f} s, metrics {t_metrics:.2f} s"
         f" (Dice, AUPRC, AUROC, best Dice, l1)"

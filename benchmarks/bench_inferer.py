@@ -31,14 +31,13 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import platform
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
+from _common import cpu_model, load_average, timed
 from torch import Tensor
 
 from pddpm_monai.diffusion import DiffusionProcess, patch_grid
@@ -65,7 +64,7 @@ class Timing:
     output: Tensor
 
 
-def build_network(kind: str, device: str, channels_last: bool, compile_net: bool) -> torch.nn.Module:
+def build_network(kind: str, device: str) -> torch.nn.Module:
     """The network with its zero-initialised layers randomised (so outputs are non-trivial)."""
     net = DiffusionUNet(**NETWORKS[kind])
     gen = torch.Generator().manual_seed(0)
@@ -73,26 +72,18 @@ def build_network(kind: str, device: str, channels_last: bool, compile_net: bool
         for p in net.parameters():
             if torch.count_nonzero(p) == 0 and p.ndim > 1:
                 p.copy_(torch.randn(p.shape, generator=gen) * INIT_STD)
-    net = net.to(device).eval()
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    if compile_net:
-        net = torch.compile(net)
-    return net
+    return net.to(device).eval()
 
 
 def with_autocast(
     network: torch.nn.Module, device: str, dtype: torch.dtype
 ) -> Callable[[Tensor, Tensor], Tensor]:
-    """``network`` under autocast to ``dtype`` (plain call for fp32)."""
+    """``network`` under autocast to ``dtype`` (itself for fp32)."""
+    if dtype == torch.float32:
+        return network
 
     def run(x: Tensor, t: Tensor) -> Tensor:
-        context = (
-            torch.autocast(device_type=device, dtype=dtype)
-            if dtype != torch.float32
-            else contextlib.nullcontext()
-        )
-        with context:
+        with torch.autocast(device_type=device, dtype=dtype):
             return network(x, t)
 
     return run
@@ -126,36 +117,23 @@ def authors_loop(
     return process.from_model_space(total / count)
 
 
-def timed(fn: Callable[[], Tensor], device: str, repeats: int) -> tuple[float, float, Tensor]:
-    """Best wall time and best process CPU time of ``repeats`` runs after a warm-up, and the output.
+def batched(slices: Tensor, network, process, args, max_batch: int, precision: str | None = None) -> Tensor:
+    """``patched_reconstruction`` in batched mode with the run's settings and noise seed."""
+    return patched_reconstruction(
+        slices, network, process, t_test=args.t_test, patch_size=args.patch, max_batch=max_batch,
+        generator=torch.Generator().manual_seed(args.seed), precision=precision,
+    )  # fmt: skip
 
-    The CPU time (all threads of this process) is robust to other processes on a shared machine;
-    the wall time is what a user waits.
-    """
-    output = fn()  # warm-up (and compilation)
-    best_wall, best_cpu = float("inf"), float("inf")
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start, start_cpu = time.perf_counter(), time.process_time()
-        output = fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best_wall = min(best_wall, time.perf_counter() - start)
-        best_cpu = min(best_cpu, time.process_time() - start_cpu)
-    return best_wall, best_cpu, output
+
+def sync(device: str) -> Callable[[], None]:
+    """What waits for the device's queued work before a clock is read."""
+    return torch.cuda.synchronize if device == "cuda" else lambda: None
 
 
 def describe_device(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    name = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    return f"{name}, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def report(timing: Timing, base: Timing) -> None:
@@ -197,12 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     slices = torch.rand(args.measure_slices, 1, args.size, args.size, device=device)
     process = DiffusionProcess()
-    base_network = build_network(args.network, device, False, False)
-    network = base_network
-    if args.channels_last or args.compile:
-        network = copy.deepcopy(base_network)
-        network = network.to(memory_format=torch.channels_last) if args.channels_last else network
-        network = torch.compile(network) if args.compile else network
+    base_network = build_network(args.network, device)
+    network = copy.deepcopy(base_network) if args.channels_last or args.compile else base_network
+    network = network.to(memory_format=torch.channels_last) if args.channels_last else network
+    network = torch.compile(network) if args.compile else network
     network = with_autocast(network, device, dtype)
     scale = VOLUME_SLICES / args.measure_slices
     num_positions = len(patch_grid(args.size, args.size, args.patch, args.patch))
@@ -211,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         f"device: {describe_device(device)}; dtype {args.dtype}; channels_last {args.channels_last}; "
         f"compile {args.compile}; network {args.network}; {args.size}x{args.size}x{VOLUME_SLICES} volume, "
         f"patch {args.patch} (K={num_positions}); measured on {args.measure_slices} slices, "
-        f"best of {args.repeats}; torch {torch.__version__}; load average {_load()}"
+        f"best of {args.repeats}; torch {torch.__version__}; load average {load_average()}"
     )
     print(
         "| mode | wall s/volume | volumes/s | wall speed-up | CPU s/volume | CPU speed-up "
@@ -219,39 +195,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("|---|---|---|---|---|---|---|", flush=True)
     with torch.inference_mode():
-        wall, cpu, reference = timed(
-            lambda: authors_loop(
-                slices, network, process, t_test=args.t_test, patch=args.patch, seed=args.seed
-            ),
-            device,
-            args.repeats,
+        loop = partial(
+            authors_loop, slices, network, process, t_test=args.t_test, patch=args.patch, seed=args.seed
         )
+        wall, cpu, reference = timed(loop, args.repeats, warmup=True, sync=sync(device))
         base = Timing("sequential (authors' loop)", wall * scale, cpu * scale, reference)
         report(base, base)
         for max_batch in (int(v) for v in args.max_batch.split(",")):
-            wall, cpu, output = timed(
-                lambda mb=max_batch: patched_reconstruction(
-                    slices,
-                    network,
-                    process,
-                    t_test=args.t_test,
-                    patch_size=args.patch,
-                    max_batch=mb,
-                    generator=torch.Generator().manual_seed(args.seed),
-                ),
-                device,
-                args.repeats,
-            )
+            run = partial(batched, slices, network, process, args, max_batch)
+            wall, cpu, output = timed(run, args.repeats, warmup=True, sync=sync(device))
             report(Timing(f"batched, max_batch={max_batch}", wall * scale, cpu * scale, output), base)
         if args.paths:
             compare_paths(args, base_network, slices, process, reference)
     return 0
-
-
-def _load() -> str:
-    with contextlib.suppress(OSError):
-        return " ".join(open("/proc/loadavg", encoding="utf-8").read().split()[:3])
-    return "n/a"
 
 
 def path_network(base: torch.nn.Module, path: str) -> torch.nn.Module:
@@ -274,7 +230,7 @@ def compare_paths(args, base: torch.nn.Module, slices: Tensor, process, referenc
     volume_counts = [int(v) for v in args.volumes.split(",") if v] or [1]
     print(
         f"\nprecision paths, batched, max_batch={max_batch}; per 50-slice volume (x{scale:g}); "
-        f"load average {_load()}"
+        f"load average {load_average()}"
     )
     head = " | ".join(f"{n} vol wall s | {n} vol speed-up" for n in volume_counts)
     head += " | CPU s/volume | CPU speed-up"
@@ -282,30 +238,20 @@ def compare_paths(args, base: torch.nn.Module, slices: Tensor, process, referenc
           "| max abs diff vs loop |")  # fmt: skip
     print("|---|---|" + "---|---|" * (len(volume_counts) + 1) + "---|---|---|", flush=True)
     results: dict[str, list[float]] = {}
+    wait = sync(args.device)
     for path in args.paths.split(","):
         precision = "auto" if path == "compile-auto" else ("fp32" if path == "compile" else path)
         network = path_network(base, path)
 
-        def one_volume(network=network, precision=precision) -> Tensor:
-            return patched_reconstruction(
-                slices, network, process, t_test=args.t_test, patch_size=args.patch, max_batch=max_batch,
-                generator=torch.Generator().manual_seed(args.seed), precision=precision,
-            )  # fmt: skip
+        def volumes(count: int = 1, network=network, precision=precision) -> Tensor:
+            for _ in range(count):
+                output = batched(slices, network, process, args, max_batch, precision)
+            return output
 
-        start = time.perf_counter()
-        output = one_volume()  # warm-up, compilation
-        first = time.perf_counter() - start
+        first, _, output = timed(volumes, 1, sync=wait)  # warm-up, compilation
         walls = []
-        for count in volume_counts:
-            best, best_cpu = float("inf"), float("inf")
-            for _ in range(args.repeats):  # already warm: no extra warm-up call
-                start, start_cpu = time.perf_counter(), time.process_time()
-                for _ in range(count):
-                    one_volume()
-                if args.device == "cuda":
-                    torch.cuda.synchronize()
-                best = min(best, time.perf_counter() - start)
-                best_cpu = min(best_cpu, time.process_time() - start_cpu)
+        for count in volume_counts:  # already warm: no extra warm-up call
+            best, best_cpu, _ = timed(partial(volumes, count), args.repeats, sync=wait)
             walls.append(best * scale)
         cpu = best_cpu * scale / volume_counts[-1]
         results[path] = walls + [cpu]
@@ -318,7 +264,7 @@ def compare_paths(args, base: torch.nn.Module, slices: Tensor, process, referenc
             f"{walls[-1] / walls[0]:.2f} | {diff:.1e} |",
             flush=True,
         )
-    print(f"load average at the end {_load()}")
+    print(f"load average at the end {load_average()}")
 
 
 if __name__ == "__main__":

@@ -14,16 +14,17 @@ against shrink 4, measured in the same run.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
-import torch
+from _common import DATA, cpu_model
 
 from pddpm_monai.data.prepare import load_subject
+from pddpm_monai.data.synthetic.cohort import make_synthetic_raw
+from pddpm_monai.threads import set_threads
 from pddpm_monai.transforms.atlas import resolve_atlas
 from pddpm_monai.transforms.bias import N4BiasCorrection, N4BiasCorrectiond, n4_correct
 from pddpm_monai.transforms.config import PreprocessConfig
@@ -32,13 +33,9 @@ from pddpm_monai.transforms.sitk_convert import array_to_sitk, sitk_to_array
 from pddpm_monai.transforms.skull_strip import BrainMaskFromImaged, SkullStrip, SkullStripd
 from pddpm_monai.transforms.spatial import CropToBraind, ResampleToSpacingd
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def time_chain(path: Path, atlas, *, skull_stripped: bool, config: PreprocessConfig) -> dict[str, float]:
     """Seconds of each step for one scan."""
-    import nibabel as nib
-
     axcodes = "".join(nib.aff2axcodes(atlas.image[1]))
     keys = ("t2", "mask", "seg")
     steps = [
@@ -86,29 +83,18 @@ def n4_comparison(d: dict, config: PreprocessConfig) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--full-n4", action="store_true")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
-    data = Path(args.data)
+    set_threads(args.threads)
+    data = args.data
     atlas = resolve_atlas(data / "sri24")
     config = PreprocessConfig()
-    cpu = subprocess.run(
-        "lscpu | grep 'Model name'",
-        shell=True,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-    ).stdout.strip()
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu}, {args.threads} threads")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_model()}, {args.threads} threads")
     cases = [("healthy head 224x224x60 @1x1x2 mm", data / "healthy" / "T2w_head.nii.gz", False)]
     cases.append(("MSLUB patient07 (MNI, stripped)", data / "mslub" / "patient07" / "T2.nii.gz", True))
     with tempfile.TemporaryDirectory() as tmp:
-        from pddpm_monai.data.synthetic.cohort import make_synthetic_raw
-
         raw = make_synthetic_raw(Path(tmp) / "raw", n_healthy=1, n_tumour=0, n_ms=0, seed=0)
         cases.append(("IXI-sized synthetic head 150x256x256", next((raw / "IXI").glob("*-T2.nii.gz")), False))
         print("| scan | resample | HD-BET | register | crop | N4 | total (s) |")

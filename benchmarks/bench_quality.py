@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from _common import cpu_model
 
 from pddpm_monai.data.synthetic import make_synthetic_root
 from pddpm_monai.engines.trainer import TrainConfig, load_volumes, train
@@ -132,18 +131,6 @@ def method_options(cfg: BenchConfig) -> dict[str, tuple[str, dict[str, Any]]]:
 
 def _slug(name: str) -> str:
     return name.replace(" ", "_").replace("-", "")
-
-
-def _cpu_name() -> str:
-    try:
-        out = subprocess.run(
-            ["lscpu"], capture_output=True, text=True, encoding="utf-8", errors="replace", check=False
-        ).stdout
-        return next(
-            (ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?"
-        )
-    except OSError:
-        return platform.processor() or "?"
 
 
 def _train_fold(
@@ -286,30 +273,22 @@ def main() -> None:
             iterations=cfg.iterations * s, unet_channels=cfg.unet_channels * 2,
             ae_channels=tuple(c * 2 for c in cfg.ae_channels),
         )  # fmt: skip
-    if args.iterations is not None:
-        cfg = replace(cfg, iterations=args.iterations)
-    if args.variants:
-        cfg = replace(cfg, variants=True)
-    if args.folds is not None:
-        cfg = replace(cfg, folds=args.folds)
-    if args.workers is not None:
-        cfg = replace(cfg, workers=args.workers)
-    if args.max_minutes is not None:
-        cfg = replace(cfg, max_minutes=args.max_minutes)
-    if args.amp:
-        cfg = replace(cfg, amp=True)
-    if args.paper_text_noise:
-        cfg = replace(cfg, paper_text_noise=True)
-    if args.methods:
-        cfg = replace(cfg, methods=tuple(args.methods))
-    if args.no_ablation:
-        cfg = replace(cfg, ablation=False)
+    given = {k: getattr(args, k) for k in ("iterations", "folds", "workers", "max_minutes")}
+    cfg = replace(
+        cfg,
+        **{k: v for k, v in given.items() if v is not None},
+        variants=args.variants,
+        amp=args.amp,
+        paper_text_noise=args.paper_text_noise,
+        methods=tuple(args.methods or ()),
+        ablation=not args.no_ablation,
+    )
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
     info = run(cfg, args.out, args.device, args.root)
     total = time.perf_counter() - start
     print(
-        f"device: {_cpu_name()}, torch threads {torch.get_num_threads()}, {args.device}; total {total / 60:.1f} min"
+        f"device: {cpu_model()}, torch threads {torch.get_num_threads()}, {args.device}; total {total / 60:.1f} min"
     )
     print(f"config: {cfg}")
     print(f"training: {info['epochs']} epochs = {info['iterations']} iterations per method")

@@ -12,38 +12,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import resource
-import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+import torch
+from _common import cpu_model, cpu_seconds
+from scipy import ndimage
 
-
-def _cpu() -> str:
-    try:
-        out = subprocess.run(
-            ["lscpu"], capture_output=True, text=True, encoding="utf-8", errors="replace", check=True
-        ).stdout
-        return next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")
-        )
-    except (OSError, StopIteration, subprocess.CalledProcessError):
-        return platform.processor() or "unknown"
+from pddpm_monai.data.synthetic import make_synthetic_raw, make_synthetic_root
+from pddpm_monai.data.synthetic.anatomy import load_atlas
+from pddpm_monai.data.synthetic.render import sample_volume, source_map
 
 
 def _reference() -> dict[str, float]:
     """Seconds of: scipy map_coordinates warp, our grid_sample warp (same map), one int16 gz write."""
-    import nibabel as nib
-    import torch
-    from scipy import ndimage
-
-    from pddpm_monai.data.synthetic.anatomy import load_atlas
-    from pddpm_monai.data.synthetic.render import sample_volume, source_map
-
     atlas = load_atlas()
     shape, affine = (256, 256, 150), np.diag([0.9375, 0.9375, 1.2, 1.0])
     affine[:3, 3] = -np.asarray(shape) * np.diag(affine)[:3] / 2
@@ -65,12 +50,6 @@ def _reference() -> dict[str, float]:
     return {"scipy_warp_s": t_scipy, "grid_sample_warp_s": t_ours, "write_int16_gz_s": t_write}
 
 
-def _cpu_seconds() -> float:
-    """User + system CPU seconds of this process and its finished children (the workers)."""
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-healthy", type=int, default=40)
@@ -79,30 +58,25 @@ def main() -> None:
     parser.add_argument("--root-healthy", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-
-    from pddpm_monai.data.synthetic import make_synthetic_raw, make_synthetic_root
-
     ref = _reference()
     raw_args = {"n_healthy": args.n_healthy, "n_tumour": args.n_tumour, "n_ms": args.n_ms, "seed": 0}
-    tmp = Path(tempfile.mkdtemp(prefix="bench_synth_"))
-    try:
-        t0, c0 = time.perf_counter(), _cpu_seconds()
+    with tempfile.TemporaryDirectory(prefix="bench_synth_", ignore_cleanup_errors=True) as name:
+        tmp = Path(name)
+        t0, c0 = time.perf_counter(), cpu_seconds()
         make_synthetic_raw(tmp / "raw", workers=args.workers, **raw_args)
-        t_raw, c_raw = time.perf_counter() - t0, _cpu_seconds() - c0
-        t0, c0 = time.perf_counter(), _cpu_seconds()
+        t_raw, c_raw = time.perf_counter() - t0, cpu_seconds() - c0
+        t0, c0 = time.perf_counter(), cpu_seconds()
         make_synthetic_root(
             tmp / "root", n_healthy=args.root_healthy, n_tumour=3, n_ms=3, seed=0, workers=args.workers
         )
-        t_root, c_root = time.perf_counter() - t0, _cpu_seconds() - c0
+        t_root, c_root = time.perf_counter() - t0, cpu_seconds() - c0
         t0 = time.perf_counter()
         make_synthetic_raw(tmp / "raw", workers=args.workers, **raw_args)
         t_rerun = time.perf_counter() - t0
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     n_raw = args.n_healthy + args.n_tumour + args.n_ms
     n_root = args.root_healthy + 6
     print(
-        f"device: {_cpu()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, workers={args.workers}"
+        f"device: {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, workers={args.workers}"
     )
     print(f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(

@@ -20,11 +20,15 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import torch
+from _common import load_average
+from torch.utils.data import DataLoader
 
 from pddpm_monai.data.dataset import RandomSliceDataset, volume_dataset
 from pddpm_monai.engines.trainer import TrainConfig, build_loaders, build_method_for, build_trainer
@@ -71,38 +75,42 @@ def bench_cache(items) -> dict:
     }
 
 
-def bench_engine(device: str, iterations: int, channels: int, out_dir: Path) -> dict:
+def run_setup(device: str, iterations: int, channels: int, out_dir: Path) -> tuple[TrainConfig, DataLoader]:
+    """A one-epoch run of ``iterations`` batches of 8 random slices, with a small network."""
     gen = torch.Generator().manual_seed(0)
     volumes = [{"image": torch.rand(1, 96, 96, 50, generator=gen)} for _ in range(8)]
     options = {"network": {"model_channels": channels, "channel_mult": [1, 2, 2], "num_res_blocks": 1}}
+    # 8 volumes x ``iterations`` slices / batch 8 = ``iterations`` per epoch
     config = TrainConfig(
-        out_dir=str(out_dir),
-        method_options=options,
-        batch_size=8,
-        slices_per_volume=iterations,  # 8 volumes x iterations slices / batch 8 = iterations per epoch
-        epochs=1,
-        device=device,
-        image_interval=0,
-        resume=False,
-    )
-    method = build_method_for(config)
-    loader, _ = build_loaders(config, volumes)
-    batches = [b for b in loader]
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        out_dir=str(out_dir), method_options=options, batch_size=8, slices_per_volume=iterations,
+        epochs=1, device=device, image_interval=0, resume=False,
+    )  # fmt: skip
+    return config, build_loaders(config, volumes)[0]
 
-    # bare loop (reference): the same method/optimiser calls without the engine
-    bare = build_method_for(config).to(device)
-    optimizer = bare.configure_optimizer(config.lr)
+
+def bare_loop_seconds(config: TrainConfig, images: list[torch.Tensor], sync: Callable[[], Any]) -> float:
+    """Seconds of the bare loop (the reference): the method's optimiser steps on ``images``, no engine."""
+    method = build_method_for(config).to(config.device)
+    optimizer = method.configure_optimizer(config.lr)
     rng = torch.Generator().manual_seed(0)
-    bare.train_iteration(batches[0]["image"].to(device), optimizer, generator=rng)  # warm-up
+    method.train_iteration(images[0].to(config.device), optimizer, generator=rng)  # warm-up
     sync()
     start = time.perf_counter()
-    for batch in batches:
-        bare.train_iteration(batch["image"].to(device), optimizer, generator=rng)
+    for image in images:
+        method.train_iteration(image.to(config.device), optimizer, generator=rng)
     sync()
-    t_bare = time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def bench_engine(device: str, iterations: int, channels: int, out_dir: Path) -> dict:
+    config, loader = run_setup(device, iterations, channels, out_dir)
+    method = build_method_for(config)
+    batches = list(loader)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    t_bare = bare_loop_seconds(config, [b["image"] for b in batches], sync)
 
     trainer = build_trainer(config, method, loader)
+    rng = torch.Generator().manual_seed(0)
     method.train_iteration(batches[0]["image"].to(device), trainer.optimizer, generator=rng)  # warm-up
     sync()
     start = time.perf_counter()
@@ -119,34 +127,20 @@ def bench_engine(device: str, iterations: int, channels: int, out_dir: Path) -> 
 
 def bench_threads(device: str, iterations: int, channels: int, counts: list[int], out_dir: Path) -> dict:
     """Slices/s of the bare training loop for each torch thread count (same batches, same weights)."""
-    gen = torch.Generator().manual_seed(0)
-    volumes = [{"image": torch.rand(1, 96, 96, 50, generator=gen)} for _ in range(8)]
-    options = {"network": {"model_channels": channels, "channel_mult": [1, 2, 2], "num_res_blocks": 1}}
-    config = TrainConfig(
-        out_dir=str(out_dir), method_options=options, batch_size=8, slices_per_volume=iterations,
-        epochs=1, device=device, image_interval=0, resume=False,
-    )  # fmt: skip
-    loader, _ = build_loaders(config, volumes)
+    config, loader = run_setup(device, iterations, channels, out_dir)
     batches = [b["image"].to(device) for b in loader]
     before = torch.get_num_threads()
     result = {}
     for count in counts:
         torch.set_num_threads(count)
         torch.manual_seed(0)
-        method = build_method_for(config).to(device)
-        optimizer = method.configure_optimizer(config.lr)
-        rng = torch.Generator().manual_seed(0)
-        method.train_iteration(batches[0], optimizer, generator=rng)  # warm-up
-        start = time.perf_counter()
-        for batch in batches:
-            method.train_iteration(batch, optimizer, generator=rng)
-        seconds = time.perf_counter() - start
+        seconds = bare_loop_seconds(config, batches, lambda: None)
         result[f"threads_{count}_slices_per_s"] = round(len(batches) * config.batch_size / seconds, 2)
     torch.set_num_threads(before)
     first = result[f"threads_{counts[0]}_slices_per_s"]
     for count in counts[1:]:
         result[f"ratio_{count}_vs_{counts[0]}"] = round(result[f"threads_{count}_slices_per_s"] / first, 2)
-    result["load_average"] = open("/proc/loadavg", encoding="utf-8").read().split()[:3]
+    result["load_average"] = load_average().split()
     return result
 
 

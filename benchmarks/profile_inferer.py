@@ -13,17 +13,14 @@ Example::
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
+from _common import timed
+from bench_inferer import DTYPES, build_network, describe_device, sync, with_autocast
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inferer import DTYPES, build_network, describe_device, timed, with_autocast  # noqa: E402
-
-from pddpm_monai.diffusion import DiffusionProcess, patch_grid  # noqa: E402
-from pddpm_monai.inferers import patched_reconstruction  # noqa: E402
+from pddpm_monai.diffusion import DiffusionProcess, patch_grid
+from pddpm_monai.inferers import patched_reconstruction
 
 
 def main() -> None:
@@ -34,8 +31,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     device, dtype = args.device, DTYPES[args.dtype]
-    net = build_network(args.network, device, channels_last=False, compile_net=False)
-    run = with_autocast(net, device, dtype)
+    run = with_autocast(build_network(args.network, device), device, dtype)
     process = DiffusionProcess()
     slices = torch.rand(50, 1, 96, 96, device=device)
     k = len(patch_grid(96, 96, 48, 48))
@@ -56,7 +52,7 @@ def main() -> None:
         with torch.no_grad():
             return patched_reconstruction(slices, run, process, patch_size=48, max_batch=200, generator=gen)
 
-    rows = {name: timed(fn, device, args.repeats)[0] for name, fn in
+    rows = {name: timed(fn, args.repeats, warmup=True, sync=sync(device))[0] for name, fn in
             (("simplex noise (50 slices)", noise), ("network, 200 copies in one batch", passes),
              ("whole batched inferer", inferer))}  # fmt: skip
     whole = rows["whole batched inferer"]
