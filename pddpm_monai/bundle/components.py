@@ -15,7 +15,6 @@ what is left for the other configs is here:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -198,9 +197,7 @@ def inference_network(
         alpha_bar=float(process.alphas_cumprod[config.t_test - 1]),
         rescale=process.config.rescale_to_minus_one_one,
         anomaly_map=anomaly_map,
-        in_channels=1,
-        out_channels=1,
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in dataclasses.asdict(config.network).items()},
+        **config.network.network_kwargs(),
     )
     net.load_state_dict(method.network.state_dict(), strict=True)
     return net.eval()

@@ -349,12 +349,18 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _cache_thresholds(run_dir: Path, key: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """Store ``entry`` under ``key`` in the run's thresholds.json (other keys kept) and return it."""
+    path = run_dir / "thresholds.json"
+    save_json({**(_read_json(path) or {}), key: entry}, path)
+    return entry
+
+
 def _find_threshold(
     scoring: _Scoring, key: str, spec: DatasetSpec, data_root: Path, run_dir: Path
 ) -> dict[str, Any]:
     """Threshold of one unhealthy dataset from its validation split (cached in thresholds.json)."""
-    thresholds_path = run_dir / "thresholds.json"
-    cached = (_read_json(thresholds_path) or {}).get(key)
+    cached = (_read_json(run_dir / "thresholds.json") or {}).get(key)
     if cached is not None:
         return cached
     config = scoring.config
@@ -391,10 +397,7 @@ def _find_threshold(
         "n_val": pool.n_volumes,
         "bin_edges": pool.bin_edges(config.pr_bins).tolist(),
     }
-    all_entries = _read_json(thresholds_path) or {}
-    all_entries[key] = entry
-    save_json(all_entries, thresholds_path)
-    return entry
+    return _cache_thresholds(run_dir, key, entry)
 
 
 def _fpr_column(rate: float) -> str:
@@ -406,8 +409,7 @@ def _healthy_thresholds(scoring: _Scoring, data_root: Path, run_dir: Path, fold:
     rates = scoring.config.healthy_fpr
     if not rates:
         return {}
-    thresholds_path = run_dir / "thresholds.json"
-    cached = (_read_json(thresholds_path) or {}).get("healthy_fpr") or {}
+    cached = (_read_json(run_dir / "thresholds.json") or {}).get("healthy_fpr") or {}
     if all(_fpr_column(r) in cached for r in rates):
         return {_fpr_column(r): float(cached[_fpr_column(r)]) for r in rates}
     csv_path = split_path(data_root, f"IXI_val_fold{fold}")
@@ -419,11 +421,9 @@ def _healthy_thresholds(scoring: _Scoring, data_root: Path, run_dir: Path, fold:
         for item in _bar(items, f"{method_label(scoring.scorer.name)} IXI val", scoring.config)
     ]
     pooled = np.concatenate(scores)
-    entry = {_fpr_column(r): fpr_threshold(pooled, r) for r in rates}
-    all_entries = _read_json(thresholds_path) or {}
-    all_entries["healthy_fpr"] = entry
-    save_json(all_entries, thresholds_path)
-    return entry
+    return _cache_thresholds(
+        run_dir, "healthy_fpr", {_fpr_column(r): fpr_threshold(pooled, r) for r in rates}
+    )
 
 
 def _test_volume(
@@ -469,15 +469,14 @@ def _test_volume(
         pos, neg = pr_histogram(vol.scores, vol.seg, edges, vol.mask if config.voxels == "brain" else None)
         record["pr_pos"], record["pr_neg"] = pos.tolist(), neg.tolist()
     if config.save_nifti:
-        folder = run_dir / "nifti" / key
-        if vol.reconstruction is not None:
-            save_nifti(
-                vol.reconstruction.astype(np.float32),
-                vol.affine,
-                folder / f"{item['name']}_reconstruction.nii.gz",
-            )
-        save_nifti(vol.scores, vol.affine, folder / f"{item['name']}_anomaly.nii.gz")
-        save_nifti(prediction.astype(np.uint8), vol.affine, folder / f"{item['name']}_prediction.nii.gz")
+        maps = {
+            "reconstruction": vol.reconstruction,
+            "anomaly": vol.scores,
+            "prediction": prediction.astype(np.uint8),
+        }
+        for suffix, array in maps.items():
+            if array is not None:
+                save_nifti(array, vol.affine, run_dir / "nifti" / key / f"{item['name']}_{suffix}.nii.gz")
     return record
 
 
@@ -494,13 +493,12 @@ def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _write_csv(rows: list[dict[str, Any]], path: Path, extra_columns: Sequence[str] = ()) -> None:
-    with atomic_path(path) as tmp:
-        with tmp.open("w", newline="") as f:
-            columns = [*METRIC_COLUMNS, *extra_columns, *FILE_COLUMNS]
-            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+def write_csv(rows: Sequence[dict[str, Any]], path: Path, columns: Sequence[str]) -> None:
+    """Write ``rows`` atomically as a CSV of ``columns`` (other keys of a row are left out)."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def evaluate_method(
@@ -575,7 +573,7 @@ def evaluate_method(
             from pddpm_monai.evaluation.figures import run_figures
 
             run_figures(run_dir, key, spec.title, records, method_label(scorer.name), scoring.reference)
-    _write_csv(all_rows, run_dir / "metrics.csv", list(fpr_thresholds))
+    write_csv(all_rows, run_dir / "metrics.csv", [*METRIC_COLUMNS, *fpr_thresholds, *FILE_COLUMNS])
     save_json(summary, run_dir / "summary.json")
     return run_dir
 
@@ -586,6 +584,5 @@ def _save_pr(records: list[dict[str, Any]], edges: np.ndarray, path: Path) -> No
         return
     pos = np.sum([r["pr_pos"] for r in with_hist], axis=0)
     neg = np.sum([r["pr_neg"] for r in with_hist], axis=0)
-    with atomic_path(path) as tmp:
-        with tmp.open("wb") as f:
-            np.savez(f, pos=pos, neg=neg, edges=edges)
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.savez(f, pos=pos, neg=neg, edges=edges)

@@ -91,8 +91,14 @@ def _ranked(scores, labels, mask, voxels: VoxelSet) -> tuple[torch.Tensor, torch
     return torch.as_tensor(s.ravel()), torch.as_tensor(y.ravel(), dtype=torch.float64)
 
 
-def _undefined(y: torch.Tensor) -> bool:
-    return y.numel() == 0 or bool((y == y[0]).all())
+def _ranking_metric(compute, scores, labels, mask, voxels: VoxelSet) -> float:
+    """``compute(scores, labels)`` on the ranked voxels; NaN when they hold no lesion (or only lesion)."""
+    s, y = _ranked(scores, labels, mask, voxels)
+    if y.numel() == 0 or bool((y == y[0]).all()):
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(compute(s, y))
 
 
 def average_precision(scores, labels, mask=None, *, voxels: VoxelSet = "brain") -> float:
@@ -106,22 +112,12 @@ def average_precision(scores, labels, mask=None, *, voxels: VoxelSet = "brain") 
     Returns:
         the AUPRC, NaN when the ranked voxels hold no lesion (or only lesion).
     """
-    s, y = _ranked(scores, labels, mask, voxels)
-    if _undefined(y):
-        return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(compute_average_precision(s, y))
+    return _ranking_metric(compute_average_precision, scores, labels, mask, voxels)
 
 
 def roc_auc(scores, labels, mask=None, *, voxels: VoxelSet = "brain") -> float:
     """AUROC with MONAI ``compute_roc_auc`` on the same voxels as :func:`average_precision`."""
-    s, y = _ranked(scores, labels, mask, voxels)
-    if _undefined(y):
-        return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(compute_roc_auc(s, y))
+    return _ranking_metric(compute_roc_auc, scores, labels, mask, voxels)
 
 
 def l1_error(image, reconstruction, mask) -> float:
@@ -188,15 +184,10 @@ def volume_metrics(
         voxels: which voxels AUPRC/AUROC rank.
     """
     pred = _bool(prediction)
-    l1 = (
-        l1_error(image, reconstruction, mask)
-        if reconstruction is not None
-        else l1_error(raw_anomaly_map, 0.0, mask)
-    )
-    if ground_truth is None:
-        gt = np.zeros_like(pred)
-    else:
-        gt = _bool(ground_truth)
+    if reconstruction is None:
+        image, reconstruction = raw_anomaly_map, 0.0
+    l1 = l1_error(image, reconstruction, mask)
+    gt = np.zeros_like(pred) if ground_truth is None else _bool(ground_truth)
     n_lesion = int(gt.sum())
     nan = float("nan")
     if n_lesion == 0:

@@ -188,7 +188,7 @@ class _ReconstructionMethod(Method):
         raise NotImplementedError
 
     def reconstruct(self, slices: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        with eval_mode(self), torch.no_grad():
+        with eval_mode(self):
             return self.inferer(slices, self.forward_reconstruction)
 
 
@@ -411,7 +411,7 @@ class FAnoGANMethod(_ReconstructionMethod):
     def validation_loss(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         if self.phase == "gan":
             return torch.tensor(float("inf"), device=images.device)
-        with eval_mode(self), torch.no_grad():
+        with eval_mode(self):
             return self.encoder_loss(images)[0]
 
     @staticmethod

@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -55,19 +55,13 @@ class UNetConfig:
     dropout: float = 0.0
     mid_attention: bool = True
 
+    def network_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the single-channel 2-D network predicting ``x0``."""
+        return {**asdict(self), "channel_mult": tuple(self.channel_mult), "in_channels": 1, "out_channels": 1}
+
     def build(self) -> DiffusionUNet:
         """The single-channel 2-D network predicting ``x0``."""
-        return DiffusionUNet(
-            in_channels=1,
-            out_channels=1,
-            model_channels=self.model_channels,
-            channel_mult=tuple(self.channel_mult),
-            num_res_blocks=self.num_res_blocks,
-            num_head_channels=self.num_head_channels,
-            num_groups=self.num_groups,
-            dropout=self.dropout,
-            mid_attention=self.mid_attention,
-        )
+        return DiffusionUNet(**self.network_kwargs())
 
 
 @dataclass
@@ -166,6 +160,10 @@ class _DiffusionMethod(Method):
             "error": (images - recon).abs(),
         }
 
+    def reconstruct(self, slices: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        with eval_mode(self):
+            return self.inferer(slices, self.network, generator=generator)
+
 
 @register_method("pddpm")
 class PDDPMMethod(_DiffusionMethod):
@@ -217,10 +215,6 @@ class PDDPMMethod(_DiffusionMethod):
             loss = full_l1_loss(x0, x0_hat.float())
         return StepOutput(loss, self._log_images(images, noised, x0_hat))
 
-    def reconstruct(self, slices: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        with eval_mode(self), torch.no_grad():
-            return self.inferer(slices, self.network, generator=generator)
-
 
 @register_method("ddpm")
 class DDPMMethod(_DiffusionMethod):
@@ -248,7 +242,3 @@ class DDPMMethod(_DiffusionMethod):
         x_t, t = self._noised(x0, generator)
         x0_hat = self.network(x_t, t)
         return StepOutput(full_l1_loss(x0, x0_hat.float()), self._log_images(images, x_t, x0_hat))
-
-    def reconstruct(self, slices: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        with eval_mode(self), torch.no_grad():
-            return self.inferer(slices, self.network, generator=generator)
