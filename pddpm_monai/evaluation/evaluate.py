@@ -232,27 +232,20 @@ class VolumeLoader:
         if (config.loading, config.smooth, config.grid) != self.settings:
             raise ValueError("the VolumeLoader was built for other loading/smooth/grid settings")
 
-    def _load(self, which: str, subject: dict[str, str]) -> dict[str, Any]:
-        """One subject through the data package's :func:`~pddpm_monai.data.dataset.volume_dataset`.
+    def load(self, subject: dict[str, str], grid: Literal["model", "full"] = "model") -> dict[str, Any]:
+        """``{"image", "mask"[, "seg"]}`` of one subject on the model grid or the full grid (only with
+        ``grid="full"``), through the data package's :func:`~pddpm_monai.data.dataset.volume_dataset`.
 
         With ``cache``, each subject's dataset (an in-memory ``CacheDataset``) is kept, keyed by its
         files, so that every method and setting scored in this process reuses it.
         """
-        transform = self._model if which == "model" else self._full
+        transform = self._model if grid == "model" else self._full
         if not self.cache:
             return volume_dataset([subject], keys=self.keys, cache="none", transform=transform)[0]
-        key = (which, tuple(sorted(subject.items())))
+        key = (grid, tuple(sorted(subject.items())))
         if key not in self._memory:
             self._memory[key] = volume_dataset([subject], keys=self.keys, cache="memory", transform=transform)
         return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self._memory[key][0].items()}
-
-    def model(self, subject: dict[str, str]) -> dict[str, Any]:
-        """``{"image", "mask"[, "seg"]}`` of one subject on the model grid."""
-        return self._load("model", subject)
-
-    def full(self, subject: dict[str, str]) -> dict[str, Any]:
-        """The same on the full grid (only with ``grid="full"``)."""
-        return self._load("full", subject)
 
 
 class _Scoring:
@@ -261,10 +254,8 @@ class _Scoring:
     def __init__(self, scorer: AnomalyScorer, config: EvaluationConfig, loader: VolumeLoader | None = None):
         self.scorer = scorer
         self.config = config
-        if loader is None:
-            loader = VolumeLoader(config)
-        loader.check(config)
-        self.loader = loader
+        self.loader = loader or VolumeLoader(config)
+        self.loader.check(config)
 
     @staticmethod
     def _subject(item: dict[str, Any]) -> dict[str, str]:
@@ -272,36 +263,31 @@ class _Scoring:
 
     def reference(self, item: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
         """``(image, seg or None)`` of a subject on the evaluation grid (for figures)."""
-        subject = self._subject(item)
-        data = self.loader.full(subject) if self.loader.has_full_grid else self.loader.model(subject)
+        data = self.loader.load(self._subject(item), "full" if self.loader.has_full_grid else "model")
         seg = data.get("seg")
         return _np(data["image"]), None if seg is None else _np(seg) > 0
 
     def __call__(self, item: dict[str, Any]) -> _Volume:
-        data = self.loader.model(self._subject(item))
+        data = self.loader.load(self._subject(item))
         grid_warning = grid_disagreement(data)
         _warn_grid(item, grid_warning)
         image, mask = data["image"], data["mask"]
         with torch.no_grad():
             reconstruction, raw = self.scorer(image, mask)
-        gt_file = item.get("seg") or item["image"]
-        raw = _checked(raw, image, gt_file, "anomaly map", method_label(self.scorer.name))
+        gt_file, label = item.get("seg") or item["image"], method_label(self.scorer.name)
+        raw = _checked(raw, image, gt_file, "anomaly map", label)
         if reconstruction is not None:
-            reconstruction = _checked(
-                reconstruction, image, gt_file, "reconstruction", method_label(self.scorer.name)
-            )
-        seg = data.get("seg")
-        affine = np.asarray(image.affine, dtype=np.float64)
-        image_np, mask_np = _np(image), _np(mask)
+            reconstruction = _checked(reconstruction, image, gt_file, "reconstruction", label)
+        grid = data  # the evaluation grid
         if self.loader.has_full_grid:
-            full = self.loader.full(self._subject(item))
-            shape = tuple(full["image"].shape[1:])
+            grid = self.loader.load(self._subject(item), "full")
+            shape = tuple(grid["image"].shape[1:])
             raw = _upsample(raw, shape)
             reconstruction = None if reconstruction is None else _upsample(reconstruction, shape)
-            image_np, mask_np, seg = _np(full["image"]), _np(full["mask"]), full.get("seg")
-            affine = np.asarray(full["image"].affine, dtype=np.float64)
-        seg_np = None if seg is None else _np(seg) > 0
+        image_np, mask_np, seg = _np(grid["image"]), _np(grid["mask"]), grid.get("seg")
         scores = postprocess_anomaly_map(raw, mask_np, self.config.postprocess)
+        affine = np.asarray(grid["image"].affine, dtype=np.float64)
+        seg_np = None if seg is None else _np(seg) > 0
         return _Volume(image_np, mask_np > 0, seg_np, reconstruction, raw, scores, affine, grid_warning)
 
 
@@ -370,10 +356,8 @@ def _find_threshold(
     pool = ValidationPool(floor=0.0)
     cache_dir = run_dir / "nifti" / f"{key}_val"
     for item in _bar(items, f"{method_label(scoring.scorer.name)} {spec.title} val", config):
-        map_path, seg_path = (
-            cache_dir / f"{item['name']}_anomaly.nii.gz",
-            cache_dir / f"{item['name']}_seg.nii.gz",
-        )
+        map_path = cache_dir / f"{item['name']}_anomaly.nii.gz"
+        seg_path = cache_dir / f"{item['name']}_seg.nii.gz"
         if map_path.is_file() and seg_path.is_file():
             scores, _ = read_nifti(map_path, allow_empty=True)
             seg, _ = read_nifti(seg_path, allow_empty=True)
@@ -530,16 +514,8 @@ def evaluate_method(
     data_root = Path(data_root)
     run_dir = run_dir_for(out_dir, scorer.name, fold)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_json(
-        {
-            "method": scorer.name,
-            "fold": fold,
-            "data_root": str(data_root),
-            "config": asdict(config),
-            **(extra or {}),
-        },
-        run_dir / "run.json",
-    )
+    run_info = {"method": scorer.name, "fold": fold, "data_root": str(data_root), "config": asdict(config)}
+    save_json({**run_info, **(extra or {})}, run_dir / "run.json")
     scoring = _Scoring(scorer, config, loader)
     fpr_thresholds = _healthy_thresholds(scoring, data_root, run_dir, fold)
     all_rows: list[dict[str, Any]] = []
