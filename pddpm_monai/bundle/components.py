@@ -139,13 +139,9 @@ def checkpoint_inferer(
     raise InputError(path, f"method {method.name!r} has no diffusion inferer for the bundle")
 
 
-def _model_grid_size() -> tuple[int, int, int]:
-    grid = ModelGridConfig()
-    return tuple(int(round(n / grid.downsample)) for n in grid.crop_size)  # type: ignore[return-value]
-
-
+_LOADING = ModelGridConfig()
 #: the model grid of one preprocessed volume (``ModelGridConfig``: 96 x 96 axial slices, 50 of them)
-MODEL_GRID: tuple[int, int, int] = _model_grid_size()
+MODEL_GRID: tuple[int, ...] = tuple(int(round(n / _LOADING.downsample)) for n in _LOADING.crop_size)
 
 
 def inference_network(

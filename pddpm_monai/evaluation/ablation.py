@@ -165,21 +165,13 @@ def _summary_rows(
     run_dir: Path, sweep: Sweep, name: str, setting: Setting | None, fold: int
 ) -> list[dict[str, Any]]:
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    rows = []
-    for dataset, entry in summary.items():
-        if not DATASETS[dataset].unhealthy:
-            continue
-        row = {
-            "sweep": sweep,
-            "setting": name,
-            "patch_size": None if setting is None else setting.patch_size,
-            "t_test": None if setting is None else setting.t_test,
-            "fold": fold,
-            "dataset": dataset,
-        }
-        row.update({m: entry[m]["mean"] for m in ABLATION_METRICS})
-        rows.append(row)
-    return rows
+    sizes = {"patch_size": None, "t_test": None} if setting is None else setting._asdict()
+    return [
+        {"sweep": sweep, "setting": name, **sizes, "fold": fold, "dataset": dataset}
+        | {m: entry[m]["mean"] for m in ABLATION_METRICS}
+        for dataset, entry in summary.items()
+        if DATASETS[dataset].unhealthy
+    ]
 
 
 def write_ablation_figures(

@@ -76,9 +76,8 @@ def plot_pr_curves(
 
 
 def _best_slice(seg: np.ndarray | None, scores: np.ndarray) -> int:
-    if seg is not None and seg.any():
-        return int(np.argmax(seg.reshape(-1, seg.shape[-1]).sum(0)))
-    return int(np.argmax(scores.reshape(-1, scores.shape[-1]).sum(0)))
+    volume = seg if seg is not None and seg.any() else scores
+    return int(np.argmax(volume.reshape(-1, volume.shape[-1]).sum(0)))
 
 
 def plot_overlay(

@@ -220,9 +220,8 @@ def build_method(
             torch.manual_seed(seed)
         try:
             return cls.from_config(dict(config or {}), source=source)
+        except InputError:
+            raise
         except ValueError as err:
-            if isinstance(err, InputError):
-                raise
-            text = str(err).strip()
-            first = text.splitlines()[0] if text else type(err).__name__
+            first = (str(err).strip() or type(err).__name__).splitlines()[0]
             raise InputError(source, f"cannot build the {method_label(name)} network: {first}") from None

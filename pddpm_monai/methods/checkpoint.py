@@ -177,7 +177,7 @@ def method_from_checkpoint(
     try:
         method.load_state_dict(state["network"], strict=True)
     except (RuntimeError, KeyError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = (str(err).strip() or type(err).__name__).splitlines()[0]
         raise InputError(path, f"weights do not match the {state['method']} architecture: {first}") from None
     return method
 
