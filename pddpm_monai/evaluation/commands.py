@@ -72,14 +72,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     folds = args.fold if args.fold is not None else list(range(max(1, len(checkpoints))))
     if args.method:
-        evaluate_method(
-            ThreshScorer(),
-            args.data_root,
-            args.out,
-            fold=folds[0],
-            config=config,
-            extra={"method_option": args.method},
-        )
+        extra = {"method_option": args.method}
+        evaluate_method(ThreshScorer(), args.data_root, args.out, fold=folds[0], config=config, extra=extra)
         return 0
     if len(folds) != len(checkpoints):
         raise InputError("--fold", f"{len(checkpoints)} checkpoint(s) but {len(folds)} fold number(s)")

@@ -422,8 +422,7 @@ def _test_volume(
     """Score, binarise and measure one test volume; write its NIfTIs; return its record."""
     config = scoring.config
     vol = scoring(item)
-    thr = np.inf if threshold is None else threshold
-    prediction = binarize(vol.scores, thr, config.postprocess)
+    prediction = binarize(vol.scores, np.inf if threshold is None else threshold, config.postprocess)
     metrics = volume_metrics(
         vol.scores,
         prediction,
@@ -437,7 +436,7 @@ def _test_volume(
     record: dict[str, Any] = {
         "name": item["name"],
         "dataset": key,
-        **metrics.as_dict(),
+        **asdict(metrics),
         "threshold": threshold,
         "image": item["image"],
         "mask": item.get("mask"),

@@ -17,7 +17,7 @@ reconstruction reports the mean of its raw anomaly map there (for Thresh: the me
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -52,10 +52,6 @@ class VolumeMetrics:
     lesion_voxels: int
     predicted_voxels: int
 
-    def as_dict(self) -> dict[str, float | int]:
-        """The fields as a plain dict."""
-        return asdict(self)
-
 
 def _bool(x: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(x, torch.Tensor):
@@ -69,10 +65,7 @@ def dice_score(prediction: np.ndarray | torch.Tensor, ground_truth: np.ndarray |
     if pred.shape != gt.shape:
         raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
     metric = DiceMetric(include_background=True, reduction="none", ignore_empty=True)
-    value = metric(
-        torch.as_tensor(pred[None, None], dtype=torch.float32),
-        torch.as_tensor(gt[None, None], dtype=torch.float32),
-    )
+    value = metric(*(torch.as_tensor(v[None, None], dtype=torch.float32) for v in (pred, gt)))
     return float(value.reshape(-1)[0])
 
 

@@ -65,12 +65,32 @@ class UNetConfig:
 
 
 @dataclass
-class PDDPMConfig:
-    """Everything that defines a pDDPM (paper §3, §4.2; defaults: the paper's best setting).
+class DDPMConfig:
+    """A plain DDPM for anomaly detection (AnoDDPM): the whole slice noised, ``L_rec``.
 
     Attributes:
-        network: the UNet.
+        network: the UNet (the same as pDDPM's).
         diffusion: the forward process (schedule, noise type).
+        t_test: the paper's test timestep (the network runs at index ``t_test - 1``).
+        max_batch: largest network batch of the inferer (memory bound).
+    """
+
+    network: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    t_test: int = DEFAULT_T_TEST
+    max_batch: int = 64
+
+    def __post_init__(self) -> None:
+        _check_choice("diffusion.noise_type", self.diffusion.noise_type, ("simplex", "gaussian"))
+        _check_t_test(self.t_test, self.diffusion.num_train_timesteps)
+
+
+@dataclass
+class PDDPMConfig(DDPMConfig):
+    """Everything that defines a pDDPM (paper §3, §4.2; defaults: the paper's best setting): the
+    :class:`DDPMConfig` fields plus the patches.
+
+    Attributes:
         patch_size: side of the square patch ``h = w`` on the 96x96 slices (ablation best: 60).
         sampling: ``"fixed"``: a grid position per training sample; ``"random"``: any box inside.
         patch_grid: ``"overlap"`` (default: equal-size boxes spread evenly, overlaps averaged) or
@@ -78,49 +98,21 @@ class PDDPMConfig:
             when the patch size does not divide the slice (see ``diffusion.patches``).
         loss: ``"patch"``: ``L_p`` (error inside the patch only); ``"full"``: ``L_rec``.
         loss_reduction: normalisation of ``L_p`` (``"image"``: the authors' mean over all pixels).
-        t_test: the paper's test timestep (the network runs at index ``t_test - 1``).
-        max_batch: largest network batch of the inferer (memory bound).
     """
 
-    network: UNetConfig = field(default_factory=UNetConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     patch_size: int = DEFAULT_PATCH_SIZE
     sampling: PatchSampling = "fixed"
     patch_grid: PatchGrid = "overlap"
     loss: PatchLoss = "patch"
     loss_reduction: LossReduction = "image"
-    t_test: int = DEFAULT_T_TEST
-    max_batch: int = 64
 
     def __post_init__(self) -> None:
         _check_choice("sampling", self.sampling, ("fixed", "random"))
         _check_choice("patch_grid", self.patch_grid, ("overlap", "tile"))
         _check_choice("loss", self.loss, ("patch", "full"))
-        _check_choice("diffusion.noise_type", self.diffusion.noise_type, ("simplex", "gaussian"))
-        _check_t_test(self.t_test, self.diffusion.num_train_timesteps)
+        super().__post_init__()
         if self.patch_size < 1:
             raise ValueError(f"patch_size must be positive, got {self.patch_size}.")
-
-
-@dataclass
-class DDPMConfig:
-    """A plain DDPM for anomaly detection (AnoDDPM): the whole slice noised, ``L_rec``.
-
-    Attributes:
-        network: the UNet (the same as pDDPM's).
-        diffusion: the forward process.
-        t_test: the test timestep (the network runs at index ``t_test - 1``).
-        max_batch: largest network batch of the inferer (memory bound).
-    """
-
-    network: UNetConfig = field(default_factory=UNetConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    t_test: int = DEFAULT_T_TEST
-    max_batch: int = 64
-
-    def __post_init__(self) -> None:
-        _check_choice("diffusion.noise_type", self.diffusion.noise_type, ("simplex", "gaussian"))
-        _check_t_test(self.t_test, self.diffusion.num_train_timesteps)
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -138,7 +130,7 @@ def _check_t_test(t_test: int, num_train_timesteps: int) -> None:
 class _DiffusionMethod(Method):
     """Shared parts of the diffusion methods: the UNet, the process and the noising of a batch."""
 
-    config: PDDPMConfig | DDPMConfig
+    config: DDPMConfig
 
     def __init__(self, config: Any | None = None) -> None:
         super().__init__(config)
