@@ -184,13 +184,9 @@ def run_figures(
     pr = run_dir / f"pr_{key}.npz"
     if pr.is_file():
         data = np.load(pr)
-        precision, recall = pr_curve_from_histogram(data["pos"], data["neg"])
+        curves = {method: pr_curve_from_histogram(data["pos"], data["neg"])}
         prevalence = data["pos"].sum() / max(1, data["pos"].sum() + data["neg"].sum())
-        written.append(
-            plot_pr_curves(
-                {method: (precision, recall)}, figures / f"pr_{key}.png", title=label, prevalence=prevalence
-            )
-        )
+        written.append(plot_pr_curves(curves, figures / f"pr_{key}.png", title=label, prevalence=prevalence))
     unhealthy = any(r.get("lesion_voxels") for r in records)
     cases = pick_cases(records, "dice" if unhealthy else "l1", higher_is_better=unhealthy)
     for which, record in cases.items():

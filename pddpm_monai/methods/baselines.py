@@ -369,9 +369,7 @@ class FAnoGANMethod(_ReconstructionMethod):
         alpha = torch.rand(batch, 1, 1, 1, generator=generator).to(images.device)
         mixed = (alpha * images + (1 - alpha) * fake).requires_grad_(True)
         with torch.enable_grad():
-            grads = torch.autograd.grad(
-                self.critic(mixed).sum(), mixed, create_graph=torch.is_grad_enabled()
-            )[0]
+            grads = torch.autograd.grad(self.critic(mixed).sum(), mixed, create_graph=True)[0]
         penalty = (grads.flatten(1).norm(dim=1) - 1).pow(2).mean()
         return self.critic(fake).mean() - self.critic(images).mean() + self.config.gradient_penalty * penalty
 

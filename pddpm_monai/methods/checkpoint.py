@@ -109,9 +109,6 @@ def read_checkpoint(path: str | os.PathLike, *, method: str | None = None) -> di
         path: the checkpoint file.
         method: the expected method name; ``None`` accepts any registered method.
 
-    Returns:
-        the checkpoint dict.
-
     Raises:
         InputError: naming ``path`` when it is missing, corrupt, not a pddpm checkpoint, of a newer
             version, of an unknown method, or of another method than ``method``.
@@ -216,9 +213,6 @@ def load_method(
         device: where to put the method.
         method: the expected method name (``None``: whatever the checkpoint holds).
         overrides: config changes applied before building (dotted keys reach nested options).
-
-    Returns:
-        the method.
 
     Raises:
         InputError: naming ``path`` for an unreadable checkpoint or a method/architecture mismatch.
@@ -328,9 +322,6 @@ def load_scorer(
         slice_batch: slices per network batch.
         seed: seed of the test-time noise.
         patch_grid: ``"overlap"`` or ``"tile"`` instead of the trained grid (pDDPM only).
-
-    Returns:
-        a :class:`VolumeScorer`.
 
     Raises:
         InputError: naming ``path`` for a bad checkpoint, a method mismatch, or an option that the
