@@ -92,13 +92,10 @@ def _table(args: argparse.Namespace) -> int:
     from pddpm_monai.evaluation.stats import PermutationConfig
     from pddpm_monai.evaluation.table import write_table
 
+    config = PermutationConfig(rounds=args.rounds, seed=args.seed)
     out = Path(args.out or args.results[0])
     written = write_table(
-        args.results,
-        out,
-        reference=args.reference,
-        config=PermutationConfig(rounds=args.rounds, seed=args.seed),
-        figures=not args.no_figures,
+        args.results, out, reference=args.reference, config=config, figures=not args.no_figures
     )
     print(written["table.md"].read_text(encoding="utf-8"), end="")
     return 0

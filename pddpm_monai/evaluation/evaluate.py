@@ -327,8 +327,6 @@ def _bar(items: Sequence, desc: str, config: EvaluationConfig):
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
@@ -443,10 +441,10 @@ def _test_volume(
         "seg": item.get("seg"),
         "grid_warning": vol.grid_warning,
     }
+    lesion = vol.seg is not None and vol.seg.any()
     for column, t in fpr_thresholds.items():
-        lesion = vol.seg is not None and vol.seg.any()
         record[column] = (
-            dice_score(binarize(vol.scores, t, config.postprocess), vol.seg) if lesion else float("nan")
+            dice_score(binarize(vol.scores, t, config.postprocess), vol.seg) if lesion else np.nan
         )
     if edges is not None and vol.seg is not None:
         pos, neg = pr_histogram(vol.scores, vol.seg, edges, vol.mask if config.voxels == "brain" else None)

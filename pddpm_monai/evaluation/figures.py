@@ -189,26 +189,18 @@ def run_figures(
         written.append(plot_pr_curves(curves, figures / f"pr_{key}.png", title=label, prevalence=prevalence))
     unhealthy = any(r.get("lesion_voxels") for r in records)
     cases = pick_cases(records, "dice" if unhealthy else "l1", higher_is_better=unhealthy)
+    nifti = run_dir / "nifti" / key
     for which, record in cases.items():
-        out = figures / f"overlay_{key}_{which}.png"
-        nifti = run_dir / "nifti" / key
         anomaly = nifti / f"{record['name']}_anomaly.nii.gz"
         if not anomaly.is_file():
             continue
         image, seg = reference(record)
         recon_path = nifti / f"{record['name']}_reconstruction.nii.gz"
         recon = read_nifti(recon_path, allow_empty=True)[0] if recon_path.is_file() else None
+        anomaly_map = read_nifti(anomaly, allow_empty=True)[0]
         pred = read_nifti(nifti / f"{record['name']}_prediction.nii.gz", allow_empty=True)[0]
         score = f"Dice {record['dice']:.3f}" if unhealthy else f"l1 {record['l1']:.4f}"
-        written.append(
-            plot_overlay(
-                image,
-                recon,
-                read_nifti(anomaly, allow_empty=True)[0],
-                pred,
-                seg,
-                out,
-                title=f"{method} {label} {which}: {record['name']} ({score})",
-            )
-        )
+        title = f"{method} {label} {which}: {record['name']} ({score})"
+        out = figures / f"overlay_{key}_{which}.png"
+        written.append(plot_overlay(image, recon, anomaly_map, pred, seg, out, title=title))
     return written

@@ -69,7 +69,8 @@ def dice_score(prediction: np.ndarray | torch.Tensor, ground_truth: np.ndarray |
     return float(value.reshape(-1)[0])
 
 
-def _ranked(scores, labels, mask, voxels: VoxelSet) -> tuple[torch.Tensor, torch.Tensor]:
+def _ranked(scores, labels, mask, voxels: VoxelSet) -> tuple[np.ndarray, np.ndarray]:
+    """Flat float64 scores and boolean labels of the ranked voxels (inside ``mask`` for ``"brain"``)."""
     s = np.squeeze(np.asarray(scores, dtype=np.float64))
     y = _bool(labels)
     if s.shape != y.shape:
@@ -81,17 +82,17 @@ def _ranked(scores, labels, mask, voxels: VoxelSet) -> tuple[torch.Tensor, torch
         s, y = s[keep], y[keep]
     elif voxels != "all":
         raise ValueError(f"voxels must be 'brain' or 'all', got {voxels!r}")
-    return torch.as_tensor(s.ravel()), torch.as_tensor(y.ravel(), dtype=torch.float64)
+    return s.ravel(), y.ravel()
 
 
 def _ranking_metric(compute, scores, labels, mask, voxels: VoxelSet) -> float:
     """``compute(scores, labels)`` on the ranked voxels; NaN when they hold no lesion (or only lesion)."""
     s, y = _ranked(scores, labels, mask, voxels)
-    if y.numel() == 0 or bool((y == y[0]).all()):
+    if y.all() or not y.any():  # also when empty
         return float("nan")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(compute(s, y))
+        return float(compute(torch.as_tensor(s), torch.as_tensor(y, dtype=torch.float64)))
 
 
 def average_precision(scores, labels, mask=None, *, voxels: VoxelSet = "brain") -> float:
@@ -130,16 +131,10 @@ def pr_histogram(scores, labels, edges: np.ndarray, mask=None) -> tuple[np.ndarr
     ``edges[0]``, the last everything at or above ``edges[-1]``. Summing these over volumes gives a
     pooled precision-recall curve without keeping the voxels.
     """
-    s = np.squeeze(np.asarray(scores, dtype=np.float64))
-    y = _bool(labels)
-    if mask is not None:
-        keep = _bool(mask)
-        s, y = s[keep], y[keep]
-    bins = np.searchsorted(edges, s.ravel(), side="right")
+    s, y = _ranked(scores, labels, mask, "all" if mask is None else "brain")
+    bins = np.searchsorted(edges, s, side="right")
     n = len(edges) + 1
-    pos = np.bincount(bins[y.ravel()], minlength=n)
-    neg = np.bincount(bins[~y.ravel()], minlength=n)
-    return pos, neg
+    return np.bincount(bins[y], minlength=n), np.bincount(bins[~y], minlength=n)
 
 
 def pr_curve_from_histogram(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
