@@ -197,15 +197,11 @@ def write_ablation_figures(
             per_value = [[_nan(r[metric]) for r in sub if int(r[sweep]) == v] for v in values]
             label = DATASETS[dataset].title
             path = Path(out_dir) / "figures" / f"{metric}_vs_{sweep}_{dataset}.png"
+            xlabel = "patch size" if sweep == "patch_size" else "t_test"
+            title = f"{label}: {metric.upper()} vs {sweep.replace('_', ' ')} (mean ± std over folds)"
+            curves = {label: per_value}
             written.append(
-                plot_ablation(
-                    values,
-                    {label: per_value},
-                    path,
-                    xlabel="patch size" if sweep == "patch_size" else "t_test",
-                    ylabel=metric.upper(),
-                    title=f"{label}: {metric.upper()} vs {sweep.replace('_', ' ')} (mean ± std over folds)",
-                )
+                plot_ablation(values, curves, path, xlabel=xlabel, ylabel=metric.upper(), title=title)
             )
     return written
 
