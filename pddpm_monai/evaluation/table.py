@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pddpm_monai.data.adapters import DATASETS
+from pddpm_monai.evaluation.metrics import pr_curve_from_histogram
 from pddpm_monai.evaluation.stats import PermutationConfig, paired_permutation_test
 from pddpm_monai.names import method_label, method_order
 from pddpm_monai.utils import InputError, atomic_path
@@ -205,7 +206,6 @@ def nan_volumes(results: pd.DataFrame) -> dict[str, int]:
 
 def _pr_figures(runs: list[Path], out_dir: Path) -> list[Path]:
     from pddpm_monai.evaluation.figures import plot_pr_curves
-    from pddpm_monai.evaluation.metrics import pr_curve_from_histogram
 
     written = []
     for key, spec in DATASETS.items():
