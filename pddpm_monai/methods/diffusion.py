@@ -82,7 +82,9 @@ class DDPMConfig:
 
     def __post_init__(self) -> None:
         _check_choice("diffusion.noise_type", self.diffusion.noise_type, ("simplex", "gaussian"))
-        _check_t_test(self.t_test, self.diffusion.num_train_timesteps)
+        steps = self.diffusion.num_train_timesteps
+        if not 1 <= self.t_test <= steps:
+            raise ValueError(f"t_test must be in 1..{steps} (the number of timesteps), got {self.t_test}.")
 
 
 @dataclass
@@ -118,13 +120,6 @@ class PDDPMConfig(DDPMConfig):
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}.")
-
-
-def _check_t_test(t_test: int, num_train_timesteps: int) -> None:
-    if not 1 <= t_test <= num_train_timesteps:
-        raise ValueError(
-            f"t_test must be in 1..{num_train_timesteps} (the number of timesteps), got {t_test}."
-        )
 
 
 class _DiffusionMethod(Method):
