@@ -54,22 +54,18 @@ def parse_cli(argv: Sequence[str]) -> tuple[str, str, dict[str, Any], dict[str, 
     """
     if len(argv) < 2 or argv[0] not in ("run", "check"):
         raise InputError(None, USAGE)
-    cmd, run_id, rest = argv[0], argv[1], list(argv[2:])
+    cmd, run_id, tokens = argv[0], argv[1], iter(argv[2:])
     options: dict[str, Any] = {}
     overrides: dict[str, Any] = {}
-    i = 0
-    while i < len(rest):
-        token = rest[i]
+    for token in tokens:
         if not token.startswith("--"):
             raise InputError(token, f"expected --key value, got {token!r}; {USAGE}")
         key, eq, value = token[2:].partition("=")
         if not eq:
-            if i + 1 >= len(rest):
-                raise InputError(token, "missing value")
-            value, i = rest[i + 1], i + 1
-        target = options if key in RUN_OPTIONS else overrides
-        target[key] = _value(value)
-        i += 1
+            value = next(tokens, None)
+        if value is None:
+            raise InputError(token, "missing value")
+        (options if key in RUN_OPTIONS else overrides)[key] = _value(value)
     if "config_file" not in options:
         raise InputError("--config_file", f"a config file is required; {USAGE}")
     return cmd, run_id, options, overrides

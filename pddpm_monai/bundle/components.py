@@ -15,7 +15,6 @@ what is left for the other configs is here:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -140,13 +139,9 @@ def checkpoint_inferer(
     raise InputError(path, f"method {method.name!r} has no diffusion inferer for the bundle")
 
 
-def _model_grid_size() -> tuple[int, int, int]:
-    grid = ModelGridConfig()
-    return tuple(int(round(n / grid.downsample)) for n in grid.crop_size)  # type: ignore[return-value]
-
-
+_LOADING = ModelGridConfig()
 #: the model grid of one preprocessed volume (``ModelGridConfig``: 96 x 96 axial slices, 50 of them)
-MODEL_GRID: tuple[int, int, int] = _model_grid_size()
+MODEL_GRID: tuple[int, ...] = tuple(int(round(n / _LOADING.downsample)) for n in _LOADING.crop_size)
 
 
 def inference_network(
@@ -198,9 +193,7 @@ def inference_network(
         alpha_bar=float(process.alphas_cumprod[config.t_test - 1]),
         rescale=process.config.rescale_to_minus_one_one,
         anomaly_map=anomaly_map,
-        in_channels=1,
-        out_channels=1,
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in dataclasses.asdict(config.network).items()},
+        **config.network.network_kwargs(),
     )
     net.load_state_dict(method.network.state_dict(), strict=True)
     return net.eval()

@@ -23,7 +23,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 from collections.abc import Sequence
@@ -35,9 +34,10 @@ import numpy as np
 import torch
 
 from pddpm_monai.data.adapters import DATASETS
-from pddpm_monai.evaluation.evaluate import EvaluationConfig, VolumeLoader, evaluate_method
+from pddpm_monai.evaluation.evaluate import EvaluationConfig, VolumeLoader, evaluate_method, write_csv
+from pddpm_monai.methods.checkpoint import load_scorer, read_checkpoint
 from pddpm_monai.methods.scorers import AnomalyScorer
-from pddpm_monai.utils import InputError, atomic_path, save_json
+from pddpm_monai.utils import InputError, save_json
 
 __all__ = [
     "Setting",
@@ -144,15 +144,11 @@ class EnsembleScorer:
 
 
 def _checkpoint_base(checkpoint: Path) -> Setting:
-    from pddpm_monai.methods.checkpoint import read_checkpoint
-
     state = read_checkpoint(checkpoint, method="pddpm")
     return Setting(int(state["config"]["patch_size"]), int(state["config"]["t_test"]))
 
 
 def _scorer(checkpoint: Path, setting: Setting, config: AblationConfig, name: str) -> AnomalyScorer:
-    from pddpm_monai.methods.checkpoint import load_scorer
-
     return load_scorer(
         checkpoint,
         t_test=setting.t_test,
@@ -169,29 +165,13 @@ def _summary_rows(
     run_dir: Path, sweep: Sweep, name: str, setting: Setting | None, fold: int
 ) -> list[dict[str, Any]]:
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    rows = []
-    for dataset, entry in summary.items():
-        if not DATASETS[dataset].unhealthy:
-            continue
-        row = {
-            "sweep": sweep,
-            "setting": name,
-            "patch_size": None if setting is None else setting.patch_size,
-            "t_test": None if setting is None else setting.t_test,
-            "fold": fold,
-            "dataset": dataset,
-        }
-        row.update({m: entry[m]["mean"] for m in ABLATION_METRICS})
-        rows.append(row)
-    return rows
-
-
-def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(ABLATION_COLUMNS))
-            writer.writeheader()
-            writer.writerows(rows)
+    sizes = {"patch_size": None, "t_test": None} if setting is None else setting._asdict()
+    return [
+        {"sweep": sweep, "setting": name, **sizes, "fold": fold, "dataset": dataset}
+        | {m: entry[m]["mean"] for m in ABLATION_METRICS}
+        for dataset, entry in summary.items()
+        if DATASETS[dataset].unhealthy
+    ]
 
 
 def write_ablation_figures(
@@ -217,15 +197,11 @@ def write_ablation_figures(
             per_value = [[_nan(r[metric]) for r in sub if int(r[sweep]) == v] for v in values]
             label = DATASETS[dataset].title
             path = Path(out_dir) / "figures" / f"{metric}_vs_{sweep}_{dataset}.png"
+            xlabel = "patch size" if sweep == "patch_size" else "t_test"
+            title = f"{label}: {metric.upper()} vs {sweep.replace('_', ' ')} (mean ± std over folds)"
+            curves = {label: per_value}
             written.append(
-                plot_ablation(
-                    values,
-                    {label: per_value},
-                    path,
-                    xlabel="patch size" if sweep == "patch_size" else "t_test",
-                    ylabel=metric.upper(),
-                    title=f"{label}: {metric.upper()} vs {sweep.replace('_', ' ')} (mean ± std over folds)",
-                )
+                plot_ablation(values, curves, path, xlabel=xlabel, ylabel=metric.upper(), title=title)
             )
     return written
 
@@ -307,7 +283,7 @@ def run_ablation(
             run = evaluate_method(EnsembleScorer(members), data_root, runs, extra=extra, **common)
             rows += _summary_rows(run, "ensemble", ENSEMBLE_NAME, None, fold)
     csv_path = out / "ablation.csv"
-    _write_csv(rows, csv_path)
+    write_csv(rows, csv_path, ABLATION_COLUMNS)
     write_ablation_figures(rows, out)
     if config.ensemble:
         comparison = compare_ensemble(rows)

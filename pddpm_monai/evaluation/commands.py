@@ -72,14 +72,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     folds = args.fold if args.fold is not None else list(range(max(1, len(checkpoints))))
     if args.method:
-        evaluate_method(
-            ThreshScorer(),
-            args.data_root,
-            args.out,
-            fold=folds[0],
-            config=config,
-            extra={"method_option": args.method},
-        )
+        extra = {"method_option": args.method}
+        evaluate_method(ThreshScorer(), args.data_root, args.out, fold=folds[0], config=config, extra=extra)
         return 0
     if len(folds) != len(checkpoints):
         raise InputError("--fold", f"{len(checkpoints)} checkpoint(s) but {len(folds)} fold number(s)")
@@ -98,13 +92,10 @@ def _table(args: argparse.Namespace) -> int:
     from pddpm_monai.evaluation.stats import PermutationConfig
     from pddpm_monai.evaluation.table import write_table
 
+    config = PermutationConfig(rounds=args.rounds, seed=args.seed)
     out = Path(args.out or args.results[0])
     written = write_table(
-        args.results,
-        out,
-        reference=args.reference,
-        config=PermutationConfig(rounds=args.rounds, seed=args.seed),
-        figures=not args.no_figures,
+        args.results, out, reference=args.reference, config=config, figures=not args.no_figures
     )
     print(written["table.md"].read_text(encoding="utf-8"), end="")
     return 0

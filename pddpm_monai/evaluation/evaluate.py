@@ -232,27 +232,20 @@ class VolumeLoader:
         if (config.loading, config.smooth, config.grid) != self.settings:
             raise ValueError("the VolumeLoader was built for other loading/smooth/grid settings")
 
-    def _load(self, which: str, subject: dict[str, str]) -> dict[str, Any]:
-        """One subject through the data package's :func:`~pddpm_monai.data.dataset.volume_dataset`.
+    def load(self, subject: dict[str, str], grid: Literal["model", "full"] = "model") -> dict[str, Any]:
+        """``{"image", "mask"[, "seg"]}`` of one subject on the model grid or the full grid (only with
+        ``grid="full"``), through the data package's :func:`~pddpm_monai.data.dataset.volume_dataset`.
 
         With ``cache``, each subject's dataset (an in-memory ``CacheDataset``) is kept, keyed by its
         files, so that every method and setting scored in this process reuses it.
         """
-        transform = self._model if which == "model" else self._full
+        transform = self._model if grid == "model" else self._full
         if not self.cache:
             return volume_dataset([subject], keys=self.keys, cache="none", transform=transform)[0]
-        key = (which, tuple(sorted(subject.items())))
+        key = (grid, tuple(sorted(subject.items())))
         if key not in self._memory:
             self._memory[key] = volume_dataset([subject], keys=self.keys, cache="memory", transform=transform)
         return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in self._memory[key][0].items()}
-
-    def model(self, subject: dict[str, str]) -> dict[str, Any]:
-        """``{"image", "mask"[, "seg"]}`` of one subject on the model grid."""
-        return self._load("model", subject)
-
-    def full(self, subject: dict[str, str]) -> dict[str, Any]:
-        """The same on the full grid (only with ``grid="full"``)."""
-        return self._load("full", subject)
 
 
 class _Scoring:
@@ -261,10 +254,8 @@ class _Scoring:
     def __init__(self, scorer: AnomalyScorer, config: EvaluationConfig, loader: VolumeLoader | None = None):
         self.scorer = scorer
         self.config = config
-        if loader is None:
-            loader = VolumeLoader(config)
-        loader.check(config)
-        self.loader = loader
+        self.loader = loader or VolumeLoader(config)
+        self.loader.check(config)
 
     @staticmethod
     def _subject(item: dict[str, Any]) -> dict[str, str]:
@@ -272,36 +263,31 @@ class _Scoring:
 
     def reference(self, item: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
         """``(image, seg or None)`` of a subject on the evaluation grid (for figures)."""
-        subject = self._subject(item)
-        data = self.loader.full(subject) if self.loader.has_full_grid else self.loader.model(subject)
+        data = self.loader.load(self._subject(item), "full" if self.loader.has_full_grid else "model")
         seg = data.get("seg")
         return _np(data["image"]), None if seg is None else _np(seg) > 0
 
     def __call__(self, item: dict[str, Any]) -> _Volume:
-        data = self.loader.model(self._subject(item))
+        data = self.loader.load(self._subject(item))
         grid_warning = grid_disagreement(data)
         _warn_grid(item, grid_warning)
         image, mask = data["image"], data["mask"]
         with torch.no_grad():
             reconstruction, raw = self.scorer(image, mask)
-        gt_file = item.get("seg") or item["image"]
-        raw = _checked(raw, image, gt_file, "anomaly map", method_label(self.scorer.name))
+        gt_file, label = item.get("seg") or item["image"], method_label(self.scorer.name)
+        raw = _checked(raw, image, gt_file, "anomaly map", label)
         if reconstruction is not None:
-            reconstruction = _checked(
-                reconstruction, image, gt_file, "reconstruction", method_label(self.scorer.name)
-            )
-        seg = data.get("seg")
-        affine = np.asarray(image.affine, dtype=np.float64)
-        image_np, mask_np = _np(image), _np(mask)
+            reconstruction = _checked(reconstruction, image, gt_file, "reconstruction", label)
+        grid = data  # the evaluation grid
         if self.loader.has_full_grid:
-            full = self.loader.full(self._subject(item))
-            shape = tuple(full["image"].shape[1:])
+            grid = self.loader.load(self._subject(item), "full")
+            shape = tuple(grid["image"].shape[1:])
             raw = _upsample(raw, shape)
             reconstruction = None if reconstruction is None else _upsample(reconstruction, shape)
-            image_np, mask_np, seg = _np(full["image"]), _np(full["mask"]), full.get("seg")
-            affine = np.asarray(full["image"].affine, dtype=np.float64)
-        seg_np = None if seg is None else _np(seg) > 0
+        image_np, mask_np, seg = _np(grid["image"]), _np(grid["mask"]), grid.get("seg")
         scores = postprocess_anomaly_map(raw, mask_np, self.config.postprocess)
+        affine = np.asarray(grid["image"].affine, dtype=np.float64)
+        seg_np = None if seg is None else _np(seg) > 0
         return _Volume(image_np, mask_np > 0, seg_np, reconstruction, raw, scores, affine, grid_warning)
 
 
@@ -341,20 +327,24 @@ def _bar(items: Sequence, desc: str, config: EvaluationConfig):
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
 
 
+def _cache_thresholds(run_dir: Path, key: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """Store ``entry`` under ``key`` in the run's thresholds.json (other keys kept) and return it."""
+    path = run_dir / "thresholds.json"
+    save_json({**(_read_json(path) or {}), key: entry}, path)
+    return entry
+
+
 def _find_threshold(
     scoring: _Scoring, key: str, spec: DatasetSpec, data_root: Path, run_dir: Path
 ) -> dict[str, Any]:
     """Threshold of one unhealthy dataset from its validation split (cached in thresholds.json)."""
-    thresholds_path = run_dir / "thresholds.json"
-    cached = (_read_json(thresholds_path) or {}).get(key)
+    cached = (_read_json(run_dir / "thresholds.json") or {}).get(key)
     if cached is not None:
         return cached
     config = scoring.config
@@ -364,10 +354,8 @@ def _find_threshold(
     pool = ValidationPool(floor=0.0)
     cache_dir = run_dir / "nifti" / f"{key}_val"
     for item in _bar(items, f"{method_label(scoring.scorer.name)} {spec.title} val", config):
-        map_path, seg_path = (
-            cache_dir / f"{item['name']}_anomaly.nii.gz",
-            cache_dir / f"{item['name']}_seg.nii.gz",
-        )
+        map_path = cache_dir / f"{item['name']}_anomaly.nii.gz"
+        seg_path = cache_dir / f"{item['name']}_seg.nii.gz"
         if map_path.is_file() and seg_path.is_file():
             scores, _ = read_nifti(map_path, allow_empty=True)
             seg, _ = read_nifti(seg_path, allow_empty=True)
@@ -391,10 +379,7 @@ def _find_threshold(
         "n_val": pool.n_volumes,
         "bin_edges": pool.bin_edges(config.pr_bins).tolist(),
     }
-    all_entries = _read_json(thresholds_path) or {}
-    all_entries[key] = entry
-    save_json(all_entries, thresholds_path)
-    return entry
+    return _cache_thresholds(run_dir, key, entry)
 
 
 def _fpr_column(rate: float) -> str:
@@ -406,8 +391,7 @@ def _healthy_thresholds(scoring: _Scoring, data_root: Path, run_dir: Path, fold:
     rates = scoring.config.healthy_fpr
     if not rates:
         return {}
-    thresholds_path = run_dir / "thresholds.json"
-    cached = (_read_json(thresholds_path) or {}).get("healthy_fpr") or {}
+    cached = (_read_json(run_dir / "thresholds.json") or {}).get("healthy_fpr") or {}
     if all(_fpr_column(r) in cached for r in rates):
         return {_fpr_column(r): float(cached[_fpr_column(r)]) for r in rates}
     csv_path = split_path(data_root, f"IXI_val_fold{fold}")
@@ -419,11 +403,9 @@ def _healthy_thresholds(scoring: _Scoring, data_root: Path, run_dir: Path, fold:
         for item in _bar(items, f"{method_label(scoring.scorer.name)} IXI val", scoring.config)
     ]
     pooled = np.concatenate(scores)
-    entry = {_fpr_column(r): fpr_threshold(pooled, r) for r in rates}
-    all_entries = _read_json(thresholds_path) or {}
-    all_entries["healthy_fpr"] = entry
-    save_json(all_entries, thresholds_path)
-    return entry
+    return _cache_thresholds(
+        run_dir, "healthy_fpr", {_fpr_column(r): fpr_threshold(pooled, r) for r in rates}
+    )
 
 
 def _test_volume(
@@ -438,8 +420,7 @@ def _test_volume(
     """Score, binarise and measure one test volume; write its NIfTIs; return its record."""
     config = scoring.config
     vol = scoring(item)
-    thr = np.inf if threshold is None else threshold
-    prediction = binarize(vol.scores, thr, config.postprocess)
+    prediction = binarize(vol.scores, np.inf if threshold is None else threshold, config.postprocess)
     metrics = volume_metrics(
         vol.scores,
         prediction,
@@ -453,31 +434,30 @@ def _test_volume(
     record: dict[str, Any] = {
         "name": item["name"],
         "dataset": key,
-        **metrics.as_dict(),
+        **asdict(metrics),
         "threshold": threshold,
         "image": item["image"],
         "mask": item.get("mask"),
         "seg": item.get("seg"),
         "grid_warning": vol.grid_warning,
     }
+    lesion = vol.seg is not None and vol.seg.any()
     for column, t in fpr_thresholds.items():
-        lesion = vol.seg is not None and vol.seg.any()
         record[column] = (
-            dice_score(binarize(vol.scores, t, config.postprocess), vol.seg) if lesion else float("nan")
+            dice_score(binarize(vol.scores, t, config.postprocess), vol.seg) if lesion else np.nan
         )
     if edges is not None and vol.seg is not None:
         pos, neg = pr_histogram(vol.scores, vol.seg, edges, vol.mask if config.voxels == "brain" else None)
         record["pr_pos"], record["pr_neg"] = pos.tolist(), neg.tolist()
     if config.save_nifti:
-        folder = run_dir / "nifti" / key
-        if vol.reconstruction is not None:
-            save_nifti(
-                vol.reconstruction.astype(np.float32),
-                vol.affine,
-                folder / f"{item['name']}_reconstruction.nii.gz",
-            )
-        save_nifti(vol.scores, vol.affine, folder / f"{item['name']}_anomaly.nii.gz")
-        save_nifti(prediction.astype(np.uint8), vol.affine, folder / f"{item['name']}_prediction.nii.gz")
+        maps = {
+            "reconstruction": vol.reconstruction,
+            "anomaly": vol.scores,
+            "prediction": prediction.astype(np.uint8),
+        }
+        for suffix, array in maps.items():
+            if array is not None:
+                save_nifti(array, vol.affine, run_dir / "nifti" / key / f"{item['name']}_{suffix}.nii.gz")
     return record
 
 
@@ -494,13 +474,12 @@ def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _write_csv(rows: list[dict[str, Any]], path: Path, extra_columns: Sequence[str] = ()) -> None:
-    with atomic_path(path) as tmp:
-        with tmp.open("w", newline="") as f:
-            columns = [*METRIC_COLUMNS, *extra_columns, *FILE_COLUMNS]
-            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+def write_csv(rows: Sequence[dict[str, Any]], path: Path, columns: Sequence[str]) -> None:
+    """Write ``rows`` atomically as a CSV of ``columns`` (other keys of a row are left out)."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def evaluate_method(
@@ -532,16 +511,8 @@ def evaluate_method(
     data_root = Path(data_root)
     run_dir = run_dir_for(out_dir, scorer.name, fold)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_json(
-        {
-            "method": scorer.name,
-            "fold": fold,
-            "data_root": str(data_root),
-            "config": asdict(config),
-            **(extra or {}),
-        },
-        run_dir / "run.json",
-    )
+    run_info = {"method": scorer.name, "fold": fold, "data_root": str(data_root), "config": asdict(config)}
+    save_json({**run_info, **(extra or {})}, run_dir / "run.json")
     scoring = _Scoring(scorer, config, loader)
     fpr_thresholds = _healthy_thresholds(scoring, data_root, run_dir, fold)
     all_rows: list[dict[str, Any]] = []
@@ -575,7 +546,7 @@ def evaluate_method(
             from pddpm_monai.evaluation.figures import run_figures
 
             run_figures(run_dir, key, spec.title, records, method_label(scorer.name), scoring.reference)
-    _write_csv(all_rows, run_dir / "metrics.csv", list(fpr_thresholds))
+    write_csv(all_rows, run_dir / "metrics.csv", [*METRIC_COLUMNS, *fpr_thresholds, *FILE_COLUMNS])
     save_json(summary, run_dir / "summary.json")
     return run_dir
 
@@ -586,6 +557,5 @@ def _save_pr(records: list[dict[str, Any]], edges: np.ndarray, path: Path) -> No
         return
     pos = np.sum([r["pr_pos"] for r in with_hist], axis=0)
     neg = np.sum([r["pr_neg"] for r in with_hist], axis=0)
-    with atomic_path(path) as tmp:
-        with tmp.open("wb") as f:
-            np.savez(f, pos=pos, neg=neg, edges=edges)
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.savez(f, pos=pos, neg=neg, edges=edges)

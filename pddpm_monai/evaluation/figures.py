@@ -76,9 +76,8 @@ def plot_pr_curves(
 
 
 def _best_slice(seg: np.ndarray | None, scores: np.ndarray) -> int:
-    if seg is not None and seg.any():
-        return int(np.argmax(seg.reshape(-1, seg.shape[-1]).sum(0)))
-    return int(np.argmax(scores.reshape(-1, scores.shape[-1]).sum(0)))
+    volume = seg if seg is not None and seg.any() else scores
+    return int(np.argmax(volume.reshape(-1, volume.shape[-1]).sum(0)))
 
 
 def plot_overlay(
@@ -185,35 +184,23 @@ def run_figures(
     pr = run_dir / f"pr_{key}.npz"
     if pr.is_file():
         data = np.load(pr)
-        precision, recall = pr_curve_from_histogram(data["pos"], data["neg"])
+        curves = {method: pr_curve_from_histogram(data["pos"], data["neg"])}
         prevalence = data["pos"].sum() / max(1, data["pos"].sum() + data["neg"].sum())
-        written.append(
-            plot_pr_curves(
-                {method: (precision, recall)}, figures / f"pr_{key}.png", title=label, prevalence=prevalence
-            )
-        )
+        written.append(plot_pr_curves(curves, figures / f"pr_{key}.png", title=label, prevalence=prevalence))
     unhealthy = any(r.get("lesion_voxels") for r in records)
     cases = pick_cases(records, "dice" if unhealthy else "l1", higher_is_better=unhealthy)
+    nifti = run_dir / "nifti" / key
     for which, record in cases.items():
-        out = figures / f"overlay_{key}_{which}.png"
-        nifti = run_dir / "nifti" / key
         anomaly = nifti / f"{record['name']}_anomaly.nii.gz"
         if not anomaly.is_file():
             continue
         image, seg = reference(record)
         recon_path = nifti / f"{record['name']}_reconstruction.nii.gz"
         recon = read_nifti(recon_path, allow_empty=True)[0] if recon_path.is_file() else None
+        anomaly_map = read_nifti(anomaly, allow_empty=True)[0]
         pred = read_nifti(nifti / f"{record['name']}_prediction.nii.gz", allow_empty=True)[0]
         score = f"Dice {record['dice']:.3f}" if unhealthy else f"l1 {record['l1']:.4f}"
-        written.append(
-            plot_overlay(
-                image,
-                recon,
-                read_nifti(anomaly, allow_empty=True)[0],
-                pred,
-                seg,
-                out,
-                title=f"{method} {label} {which}: {record['name']} ({score})",
-            )
-        )
+        title = f"{method} {label} {which}: {record['name']} ({score})"
+        out = figures / f"overlay_{key}_{which}.png"
+        written.append(plot_overlay(image, recon, anomaly_map, pred, seg, out, title=title))
     return written

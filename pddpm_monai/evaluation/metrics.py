@@ -17,7 +17,7 @@ reconstruction reports the mean of its raw anomaly map there (for Thresh: the me
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -52,10 +52,6 @@ class VolumeMetrics:
     lesion_voxels: int
     predicted_voxels: int
 
-    def as_dict(self) -> dict[str, float | int]:
-        """The fields as a plain dict."""
-        return asdict(self)
-
 
 def _bool(x: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(x, torch.Tensor):
@@ -69,14 +65,12 @@ def dice_score(prediction: np.ndarray | torch.Tensor, ground_truth: np.ndarray |
     if pred.shape != gt.shape:
         raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
     metric = DiceMetric(include_background=True, reduction="none", ignore_empty=True)
-    value = metric(
-        torch.as_tensor(pred[None, None], dtype=torch.float32),
-        torch.as_tensor(gt[None, None], dtype=torch.float32),
-    )
+    value = metric(*(torch.as_tensor(v[None, None], dtype=torch.float32) for v in (pred, gt)))
     return float(value.reshape(-1)[0])
 
 
-def _ranked(scores, labels, mask, voxels: VoxelSet) -> tuple[torch.Tensor, torch.Tensor]:
+def _ranked(scores, labels, mask, voxels: VoxelSet) -> tuple[np.ndarray, np.ndarray]:
+    """Flat float64 scores and boolean labels of the ranked voxels (inside ``mask`` for ``"brain"``)."""
     s = np.squeeze(np.asarray(scores, dtype=np.float64))
     y = _bool(labels)
     if s.shape != y.shape:
@@ -88,11 +82,17 @@ def _ranked(scores, labels, mask, voxels: VoxelSet) -> tuple[torch.Tensor, torch
         s, y = s[keep], y[keep]
     elif voxels != "all":
         raise ValueError(f"voxels must be 'brain' or 'all', got {voxels!r}")
-    return torch.as_tensor(s.ravel()), torch.as_tensor(y.ravel(), dtype=torch.float64)
+    return s.ravel(), y.ravel()
 
 
-def _undefined(y: torch.Tensor) -> bool:
-    return y.numel() == 0 or bool((y == y[0]).all())
+def _ranking_metric(compute, scores, labels, mask, voxels: VoxelSet) -> float:
+    """``compute(scores, labels)`` on the ranked voxels; NaN when they hold no lesion (or only lesion)."""
+    s, y = _ranked(scores, labels, mask, voxels)
+    if y.all() or not y.any():  # also when empty
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(compute(torch.as_tensor(s), torch.as_tensor(y, dtype=torch.float64)))
 
 
 def average_precision(scores, labels, mask=None, *, voxels: VoxelSet = "brain") -> float:
@@ -106,22 +106,12 @@ def average_precision(scores, labels, mask=None, *, voxels: VoxelSet = "brain") 
     Returns:
         the AUPRC, NaN when the ranked voxels hold no lesion (or only lesion).
     """
-    s, y = _ranked(scores, labels, mask, voxels)
-    if _undefined(y):
-        return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(compute_average_precision(s, y))
+    return _ranking_metric(compute_average_precision, scores, labels, mask, voxels)
 
 
 def roc_auc(scores, labels, mask=None, *, voxels: VoxelSet = "brain") -> float:
     """AUROC with MONAI ``compute_roc_auc`` on the same voxels as :func:`average_precision`."""
-    s, y = _ranked(scores, labels, mask, voxels)
-    if _undefined(y):
-        return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(compute_roc_auc(s, y))
+    return _ranking_metric(compute_roc_auc, scores, labels, mask, voxels)
 
 
 def l1_error(image, reconstruction, mask) -> float:
@@ -141,16 +131,10 @@ def pr_histogram(scores, labels, edges: np.ndarray, mask=None) -> tuple[np.ndarr
     ``edges[0]``, the last everything at or above ``edges[-1]``. Summing these over volumes gives a
     pooled precision-recall curve without keeping the voxels.
     """
-    s = np.squeeze(np.asarray(scores, dtype=np.float64))
-    y = _bool(labels)
-    if mask is not None:
-        keep = _bool(mask)
-        s, y = s[keep], y[keep]
-    bins = np.searchsorted(edges, s.ravel(), side="right")
+    s, y = _ranked(scores, labels, mask, "all" if mask is None else "brain")
+    bins = np.searchsorted(edges, s, side="right")
     n = len(edges) + 1
-    pos = np.bincount(bins[y.ravel()], minlength=n)
-    neg = np.bincount(bins[~y.ravel()], minlength=n)
-    return pos, neg
+    return np.bincount(bins[y], minlength=n), np.bincount(bins[~y], minlength=n)
 
 
 def pr_curve_from_histogram(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -188,15 +172,10 @@ def volume_metrics(
         voxels: which voxels AUPRC/AUROC rank.
     """
     pred = _bool(prediction)
-    l1 = (
-        l1_error(image, reconstruction, mask)
-        if reconstruction is not None
-        else l1_error(raw_anomaly_map, 0.0, mask)
-    )
-    if ground_truth is None:
-        gt = np.zeros_like(pred)
-    else:
-        gt = _bool(ground_truth)
+    if reconstruction is None:
+        image, reconstruction = raw_anomaly_map, 0.0
+    l1 = l1_error(image, reconstruction, mask)
+    gt = np.zeros_like(pred) if ground_truth is None else _bool(ground_truth)
     n_lesion = int(gt.sum())
     nan = float("nan")
     if n_lesion == 0:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from scipy import ndimage
 
@@ -239,8 +240,6 @@ def _like(array: np.ndarray, ref: torch.Tensor | np.ndarray) -> torch.Tensor | n
     if isinstance(ref, torch.Tensor):
         out = torch.as_tensor(array, device=ref.device)
         if hasattr(ref, "meta"):
-            from monai.data import MetaTensor
-
             return MetaTensor(out, meta=ref.meta)
         return out
     return array

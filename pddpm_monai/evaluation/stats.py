@@ -59,15 +59,8 @@ def paired_permutation_test(
     diff = float(np.mean(a - b))
     if np.all(a == b):
         return PairedTest(1.0, len(names), 0.0, False)
+    # two-sided: mlxtend's default func "x_mean != y_mean"
     p = float(
-        permutation_test(
-            a,
-            b,
-            func="x_mean != y_mean",
-            method="approximate",
-            num_rounds=config.rounds,
-            seed=config.seed,
-            paired=True,
-        )
+        permutation_test(a, b, method="approximate", num_rounds=config.rounds, seed=config.seed, paired=True)
     )
     return PairedTest(p, len(names), diff, p < config.alpha)

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pddpm_monai.data.adapters import DATASETS
+from pddpm_monai.evaluation.metrics import pr_curve_from_histogram
 from pddpm_monai.evaluation.stats import PermutationConfig, paired_permutation_test
 from pddpm_monai.names import method_label, method_order
 from pddpm_monai.utils import InputError, atomic_path
@@ -53,6 +54,9 @@ class TableColumn:
     scale: float
     higher_is_better: bool = True
 
+
+#: columns of ``permutation_tests.csv``
+TEST_COLUMNS = ("dataset", "method_a", "method_b", "n", "mean_difference", "p_value", "significant")
 
 #: the columns of the paper's Table 1
 TABLE_COLUMNS: tuple[TableColumn, ...] = (
@@ -138,33 +142,14 @@ def significance_tests(
                 test = paired_permutation_test(
                     _volume_dice(results, a, dataset), _volume_dice(results, b, dataset), config
                 )
-                rows.append(
-                    {
-                        "dataset": dataset,
-                        "method_a": a,
-                        "method_b": b,
-                        "n": test.n,
-                        "mean_difference": test.mean_difference,
-                        "p_value": test.p_value,
-                        "significant": test.significant,
-                    }
-                )
-    return pd.DataFrame(
-        rows, columns=["dataset", "method_a", "method_b", "n", "mean_difference", "p_value", "significant"]
-    )
+                rows.append((dataset, a, b, test.n, test.mean_difference, test.p_value, test.significant))
+    return pd.DataFrame(rows, columns=list(TEST_COLUMNS))
 
 
 def _significant(tests: pd.DataFrame, dataset: str, a: str, b: str) -> bool:
-    if tests.empty:
-        return False
-    hit = tests[
-        (tests["dataset"] == dataset)
-        & (
-            ((tests["method_a"] == a) & (tests["method_b"] == b))
-            | ((tests["method_a"] == b) & (tests["method_b"] == a))
-        )
-    ]
-    return bool(len(hit) and hit["significant"].iloc[0])
+    """Whether the test of methods ``a`` and ``b`` (``a != b``, either order) on ``dataset`` is significant."""
+    pair = (tests["dataset"] == dataset) & tests["method_a"].isin([a, b]) & tests["method_b"].isin([a, b])
+    return bool(tests.loc[pair, "significant"].any())
 
 
 def format_markdown(
@@ -221,7 +206,6 @@ def nan_volumes(results: pd.DataFrame) -> dict[str, int]:
 
 def _pr_figures(runs: list[Path], out_dir: Path) -> list[Path]:
     from pddpm_monai.evaluation.figures import plot_pr_curves
-    from pddpm_monai.evaluation.metrics import pr_curve_from_histogram
 
     written = []
     for key, spec in DATASETS.items():

@@ -218,14 +218,11 @@ class ValidationPool:
         """All stored scores (above ``floor``)."""
         return np.concatenate(self._scores) if self._scores else np.zeros(0, np.float32)
 
-    def labels(self) -> np.ndarray:
-        """Ground truth of :meth:`scores`."""
-        return np.concatenate(self._labels) if self._labels else np.zeros(0, bool)
-
     def best(self) -> ThresholdResult:
         """The exact pooled-Dice threshold (>= ``floor``)."""
+        labels = np.concatenate(self._labels) if self._labels else np.zeros(0, bool)
         return best_dice_threshold(
-            self.scores(), self.labels(), extra_positives=self.extra_positives, floor=self.floor
+            self.scores(), labels, extra_positives=self.extra_positives, floor=self.floor
         )
 
     def bin_edges(self, n_bins: int = 512) -> np.ndarray:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NamedTuple
 
 import torch
+from monai.networks.utils import eval_mode
 from torch import Tensor, nn
 
 from pddpm_monai.methods.config import config_from_dict, config_to_dict
@@ -107,7 +108,7 @@ class Method(nn.Module, ABC):
 
     def validation_loss(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The training loss without gradients, in eval mode (for the validation loss)."""
-        with eval_mode(self), torch.no_grad():
+        with eval_mode(self):
             return self.training_step(images, generator).loss
 
     def anomaly_map(self, slices: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -159,16 +160,6 @@ class Method(nn.Module, ABC):
     def from_config(cls, config: Mapping[str, Any], *, source: str = "config") -> Method:
         """Build the method from :meth:`config_dict` output (unknown keys -> ``InputError`` naming ``source``)."""
         return cls(config_from_dict(cls.config_class, config, source=source))
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module):
-    was_training = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)
 
 
 def known_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -229,9 +220,8 @@ def build_method(
             torch.manual_seed(seed)
         try:
             return cls.from_config(dict(config or {}), source=source)
+        except InputError:
+            raise
         except ValueError as err:
-            if isinstance(err, InputError):
-                raise
-            text = str(err).strip()
-            first = text.splitlines()[0] if text else type(err).__name__
+            first = (str(err).strip() or type(err).__name__).splitlines()[0]
             raise InputError(source, f"cannot build the {method_label(name)} network: {first}") from None

@@ -94,35 +94,26 @@ class AEConfig:
 
 
 @dataclass
-class VAEConfig:
-    """Dense variational autoencoder (Baur et al., 2021).
+class VAEConfig(AEConfig):
+    """Dense variational autoencoder (Baur et al., 2021): :class:`AEConfig` plus
 
     Attributes:
-        network: the dense autoencoder network.
         beta: weight of the KL term (the paper: 0.001).
-        max_batch: most slices per network call at inference.
     """
 
-    network: DenseVAENetConfig = field(default_factory=DenseVAENetConfig)
     beta: float = BETA_VAE
-    max_batch: int = 64
 
 
 @dataclass
-class SVAEConfig:
-    """Slice-context VAE (after Behrendt et al., 2022).
+class SVAEConfig(VAEConfig):
+    """Slice-context VAE (after Behrendt et al., 2022): :class:`VAEConfig` plus
 
     Attributes:
-        network: the dense autoencoder network (input channels ``2 * context + 1``).
-        beta: weight of the KL term (the paper: 0.001).
-        context: neighbouring axial slices on each side given to the encoder.
-        max_batch: most slices per network call at inference.
+        context: neighbouring axial slices on each side given to the encoder (the network's
+            input channels are ``2 * context + 1``).
     """
 
-    network: DenseVAENetConfig = field(default_factory=DenseVAENetConfig)
-    beta: float = BETA_VAE
     context: int = 1
-    max_batch: int = 64
 
     def __post_init__(self) -> None:
         if self.context < 1:
@@ -188,7 +179,7 @@ class _ReconstructionMethod(Method):
         raise NotImplementedError
 
     def reconstruct(self, slices: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        with eval_mode(self), torch.no_grad():
+        with eval_mode(self):
             return self.inferer(slices, self.forward_reconstruction)
 
 
@@ -312,13 +303,11 @@ class DAEMethod(_ReconstructionMethod):
         return self.network(x)
 
     def training_step(self, images: Tensor, generator: torch.Generator | None = None) -> StepOutput:
+        cfg = self.config
         noise = coarse_noise(
-            tuple(images.shape),
-            std=self.config.noise_std,
-            resolution=self.config.noise_resolution,
-            generator=generator,
-        ).to(images.device, images.dtype)
-        noised = images + noise
+            tuple(images.shape), std=cfg.noise_std, resolution=cfg.noise_resolution, generator=generator
+        )
+        noised = images + noise.to(images.device, images.dtype)
         recon = self.network(noised)
         return StepOutput(F.l1_loss(recon.float(), images), _log_images(images, recon, noised))
 
@@ -380,9 +369,7 @@ class FAnoGANMethod(_ReconstructionMethod):
         alpha = torch.rand(batch, 1, 1, 1, generator=generator).to(images.device)
         mixed = (alpha * images + (1 - alpha) * fake).requires_grad_(True)
         with torch.enable_grad():
-            grads = torch.autograd.grad(
-                self.critic(mixed).sum(), mixed, create_graph=torch.is_grad_enabled()
-            )[0]
+            grads = torch.autograd.grad(self.critic(mixed).sum(), mixed, create_graph=True)[0]
         penalty = (grads.flatten(1).norm(dim=1) - 1).pow(2).mean()
         return self.critic(fake).mean() - self.critic(images).mean() + self.config.gradient_penalty * penalty
 
@@ -411,7 +398,7 @@ class FAnoGANMethod(_ReconstructionMethod):
     def validation_loss(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         if self.phase == "gan":
             return torch.tensor(float("inf"), device=images.device)
-        with eval_mode(self), torch.no_grad():
+        with eval_mode(self):
             return self.encoder_loss(images)[0]
 
     @staticmethod

@@ -81,22 +81,20 @@ def make_checkpoint(
     Returns:
         a dict that ``torch.load(..., weights_only=True)`` can read.
     """
-    state: dict[str, Any] = {
+    optional = {
+        "optimizer": None if optimizer is None else optimizer.state_dict(),
+        "trainer": None if trainer is None else dict(trainer),
+        "rng": None if rng is None else rng.get_state(),
+        "train_config": None if train_config is None else dict(train_config),
+    }
+    return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "method": method.name,
         "config": method.config_dict(),
         "network": {k: v.detach().cpu() for k, v in method.state_dict().items()},
+        **{k: v for k, v in optional.items() if v is not None},
     }
-    if optimizer is not None:
-        state["optimizer"] = optimizer.state_dict()
-    if trainer is not None:
-        state["trainer"] = dict(trainer)
-    if rng is not None:
-        state["rng"] = rng.get_state()
-    if train_config is not None:
-        state["train_config"] = dict(train_config)
-    return state
 
 
 def save_method_checkpoint(path: str | os.PathLike, method: Method, **kwargs: Any) -> Path:
@@ -110,9 +108,6 @@ def read_checkpoint(path: str | os.PathLike, *, method: str | None = None) -> di
     Args:
         path: the checkpoint file.
         method: the expected method name; ``None`` accepts any registered method.
-
-    Returns:
-        the checkpoint dict.
 
     Raises:
         InputError: naming ``path`` when it is missing, corrupt, not a pddpm checkpoint, of a newer
@@ -179,7 +174,7 @@ def method_from_checkpoint(
     try:
         method.load_state_dict(state["network"], strict=True)
     except (RuntimeError, KeyError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = (str(err).strip() or type(err).__name__).splitlines()[0]
         raise InputError(path, f"weights do not match the {state['method']} architecture: {first}") from None
     return method
 
@@ -219,9 +214,6 @@ def load_method(
         method: the expected method name (``None``: whatever the checkpoint holds).
         overrides: config changes applied before building (dotted keys reach nested options).
 
-    Returns:
-        the method.
-
     Raises:
         InputError: naming ``path`` for an unreadable checkpoint or a method/architecture mismatch.
     """
@@ -245,9 +237,7 @@ def export_bundle_model(checkpoint: str | os.PathLike, out: str | os.PathLike) -
     """
     state = read_checkpoint(checkpoint)
     method = method_from_checkpoint(state, checkpoint)
-    exported = make_checkpoint(method, train_config=state.get("train_config"))
-    if "trainer" in state:
-        exported["trainer"] = state["trainer"]
+    exported = make_checkpoint(method, trainer=state.get("trainer"), train_config=state.get("train_config"))
     network = getattr(method, "network", None)
     if network is None:
         raise InputError(checkpoint, f"method {method.name!r} has no single network to export")
@@ -332,9 +322,6 @@ def load_scorer(
         slice_batch: slices per network batch.
         seed: seed of the test-time noise.
         patch_grid: ``"overlap"`` or ``"tile"`` instead of the trained grid (pDDPM only).
-
-    Returns:
-        a :class:`VolumeScorer`.
 
     Raises:
         InputError: naming ``path`` for a bad checkpoint, a method mismatch, or an option that the

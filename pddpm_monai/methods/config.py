@@ -22,14 +22,7 @@ T = TypeVar("T")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    """A dataclass instance (possibly nested) as a JSON-able dict (tuples become lists).
-
-    Args:
-        config: a dataclass instance.
-
-    Returns:
-        a new plain dict.
-    """
+    """A dataclass instance (possibly nested) as a new JSON-able dict (tuples become lists)."""
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
         raise TypeError(f"expected a dataclass instance, got {type(config).__name__}.")
     return _plain(dataclasses.asdict(config))
@@ -53,9 +46,6 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "co
         cls: the dataclass type.
         data: the plain dict.
         source: where ``data`` came from (a file name), for error messages.
-
-    Returns:
-        an instance of ``cls``.
 
     Raises:
         InputError: for unknown keys or values of the wrong kind.

@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -55,57 +55,13 @@ class UNetConfig:
     dropout: float = 0.0
     mid_attention: bool = True
 
+    def network_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the single-channel 2-D network predicting ``x0``."""
+        return {**asdict(self), "channel_mult": tuple(self.channel_mult), "in_channels": 1, "out_channels": 1}
+
     def build(self) -> DiffusionUNet:
         """The single-channel 2-D network predicting ``x0``."""
-        return DiffusionUNet(
-            in_channels=1,
-            out_channels=1,
-            model_channels=self.model_channels,
-            channel_mult=tuple(self.channel_mult),
-            num_res_blocks=self.num_res_blocks,
-            num_head_channels=self.num_head_channels,
-            num_groups=self.num_groups,
-            dropout=self.dropout,
-            mid_attention=self.mid_attention,
-        )
-
-
-@dataclass
-class PDDPMConfig:
-    """Everything that defines a pDDPM (paper §3, §4.2; defaults: the paper's best setting).
-
-    Attributes:
-        network: the UNet.
-        diffusion: the forward process (schedule, noise type).
-        patch_size: side of the square patch ``h = w`` on the 96x96 slices (ablation best: 60).
-        sampling: ``"fixed"``: a grid position per training sample; ``"random"``: any box inside.
-        patch_grid: ``"overlap"`` (default: equal-size boxes spread evenly, overlaps averaged) or
-            ``"tile"`` (the authors' BoxSampler: no overlap, last box truncated); they differ only
-            when the patch size does not divide the slice (see ``diffusion.patches``).
-        loss: ``"patch"``: ``L_p`` (error inside the patch only); ``"full"``: ``L_rec``.
-        loss_reduction: normalisation of ``L_p`` (``"image"``: the authors' mean over all pixels).
-        t_test: the paper's test timestep (the network runs at index ``t_test - 1``).
-        max_batch: largest network batch of the inferer (memory bound).
-    """
-
-    network: UNetConfig = field(default_factory=UNetConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    patch_size: int = DEFAULT_PATCH_SIZE
-    sampling: PatchSampling = "fixed"
-    patch_grid: PatchGrid = "overlap"
-    loss: PatchLoss = "patch"
-    loss_reduction: LossReduction = "image"
-    t_test: int = DEFAULT_T_TEST
-    max_batch: int = 64
-
-    def __post_init__(self) -> None:
-        _check_choice("sampling", self.sampling, ("fixed", "random"))
-        _check_choice("patch_grid", self.patch_grid, ("overlap", "tile"))
-        _check_choice("loss", self.loss, ("patch", "full"))
-        _check_choice("diffusion.noise_type", self.diffusion.noise_type, ("simplex", "gaussian"))
-        _check_t_test(self.t_test, self.diffusion.num_train_timesteps)
-        if self.patch_size < 1:
-            raise ValueError(f"patch_size must be positive, got {self.patch_size}.")
+        return DiffusionUNet(**self.network_kwargs())
 
 
 @dataclass
@@ -114,8 +70,8 @@ class DDPMConfig:
 
     Attributes:
         network: the UNet (the same as pDDPM's).
-        diffusion: the forward process.
-        t_test: the test timestep (the network runs at index ``t_test - 1``).
+        diffusion: the forward process (schedule, noise type).
+        t_test: the paper's test timestep (the network runs at index ``t_test - 1``).
         max_batch: largest network batch of the inferer (memory bound).
     """
 
@@ -126,7 +82,39 @@ class DDPMConfig:
 
     def __post_init__(self) -> None:
         _check_choice("diffusion.noise_type", self.diffusion.noise_type, ("simplex", "gaussian"))
-        _check_t_test(self.t_test, self.diffusion.num_train_timesteps)
+        steps = self.diffusion.num_train_timesteps
+        if not 1 <= self.t_test <= steps:
+            raise ValueError(f"t_test must be in 1..{steps} (the number of timesteps), got {self.t_test}.")
+
+
+@dataclass
+class PDDPMConfig(DDPMConfig):
+    """Everything that defines a pDDPM (paper §3, §4.2; defaults: the paper's best setting): the
+    :class:`DDPMConfig` fields plus the patches.
+
+    Attributes:
+        patch_size: side of the square patch ``h = w`` on the 96x96 slices (ablation best: 60).
+        sampling: ``"fixed"``: a grid position per training sample; ``"random"``: any box inside.
+        patch_grid: ``"overlap"`` (default: equal-size boxes spread evenly, overlaps averaged) or
+            ``"tile"`` (the authors' BoxSampler: no overlap, last box truncated); they differ only
+            when the patch size does not divide the slice (see ``diffusion.patches``).
+        loss: ``"patch"``: ``L_p`` (error inside the patch only); ``"full"``: ``L_rec``.
+        loss_reduction: normalisation of ``L_p`` (``"image"``: the authors' mean over all pixels).
+    """
+
+    patch_size: int = DEFAULT_PATCH_SIZE
+    sampling: PatchSampling = "fixed"
+    patch_grid: PatchGrid = "overlap"
+    loss: PatchLoss = "patch"
+    loss_reduction: LossReduction = "image"
+
+    def __post_init__(self) -> None:
+        _check_choice("sampling", self.sampling, ("fixed", "random"))
+        _check_choice("patch_grid", self.patch_grid, ("overlap", "tile"))
+        _check_choice("loss", self.loss, ("patch", "full"))
+        super().__post_init__()
+        if self.patch_size < 1:
+            raise ValueError(f"patch_size must be positive, got {self.patch_size}.")
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -134,17 +122,10 @@ def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}.")
 
 
-def _check_t_test(t_test: int, num_train_timesteps: int) -> None:
-    if not 1 <= t_test <= num_train_timesteps:
-        raise ValueError(
-            f"t_test must be in 1..{num_train_timesteps} (the number of timesteps), got {t_test}."
-        )
-
-
 class _DiffusionMethod(Method):
     """Shared parts of the diffusion methods: the UNet, the process and the noising of a batch."""
 
-    config: PDDPMConfig | DDPMConfig
+    config: DDPMConfig
 
     def __init__(self, config: Any | None = None) -> None:
         super().__init__(config)
@@ -165,6 +146,10 @@ class _DiffusionMethod(Method):
             "reconstruction": recon,
             "error": (images - recon).abs(),
         }
+
+    def reconstruct(self, slices: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        with eval_mode(self):
+            return self.inferer(slices, self.network, generator=generator)
 
 
 @register_method("pddpm")
@@ -217,10 +202,6 @@ class PDDPMMethod(_DiffusionMethod):
             loss = full_l1_loss(x0, x0_hat.float())
         return StepOutput(loss, self._log_images(images, noised, x0_hat))
 
-    def reconstruct(self, slices: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        with eval_mode(self), torch.no_grad():
-            return self.inferer(slices, self.network, generator=generator)
-
 
 @register_method("ddpm")
 class DDPMMethod(_DiffusionMethod):
@@ -248,7 +229,3 @@ class DDPMMethod(_DiffusionMethod):
         x_t, t = self._noised(x0, generator)
         x0_hat = self.network(x_t, t)
         return StepOutput(full_l1_loss(x0, x0_hat.float()), self._log_images(images, x_t, x0_hat))
-
-    def reconstruct(self, slices: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        with eval_mode(self), torch.no_grad():
-            return self.inferer(slices, self.network, generator=generator)
