@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in THREADED_COMMANDS:
         sub.choices[name].add_argument(
             "--threads",
-            type=_threads,
+            type=engines_commands.positive_int,
             default=None,
             help="CPU threads per process (default: $OMP_NUM_THREADS, else the usable cores / workers)",
         )
@@ -84,13 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
             "fp32 (the reference), bf16 (autocast; fast only with AVX512-BF16/AMX or a GPU)",
         )
     return parser
-
-
-def _threads(text: str) -> int:
-    """``--threads`` value: a positive integer."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return int(text)
 
 
 def _apply_threads(args: argparse.Namespace) -> None:
