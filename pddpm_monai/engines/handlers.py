@@ -108,20 +108,13 @@ class CheckpointHandler:
         train_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
+        self.last_path, self.best_path = self.out_dir / LAST_CHECKPOINT, self.out_dir / BEST_CHECKPOINT
         self.method, self.optimizer, self.rng = method, optimizer, generator
         self.evaluator = evaluator
         self.model_path = None if model_path is None else Path(model_path)
         self.resume, self.every = resume, every
         self.train_config = dict(train_config or {})
         self.resumed: dict[str, Any] | None = None
-
-    @property
-    def last_path(self) -> Path:
-        return self.out_dir / LAST_CHECKPOINT
-
-    @property
-    def best_path(self) -> Path:
-        return self.out_dir / BEST_CHECKPOINT
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.restore)
@@ -150,20 +143,14 @@ class CheckpointHandler:
         save_json(self.train_config, self.out_dir / TRAIN_CONFIG)
 
     def _trainer_state(self, trainer: Engine) -> dict[str, Any]:
-        best, best_epoch = None, None
-        if self.evaluator is not None and self.evaluator.state.best_metric_epoch != -1:
-            best, best_epoch = (
-                float(self.evaluator.state.best_metric),
-                int(self.evaluator.state.best_metric_epoch),
-            )
-        return {
-            "epoch": int(trainer.state.epoch),
-            "iteration": int(trainer.state.iteration),
-            "epoch_length": int(trainer.state.epoch_length),
-            "max_epochs": int(trainer.state.max_epochs),
-            "best_val_loss": best,
-            "best_epoch": best_epoch,
+        ev = self.evaluator
+        validated = ev is not None and ev.state.best_metric_epoch != -1
+        state: dict[str, Any] = {
+            k: int(getattr(trainer.state, k)) for k in ("epoch", "iteration", "epoch_length", "max_epochs")
         }
+        state["best_val_loss"] = float(ev.state.best_metric) if validated else None
+        state["best_epoch"] = int(ev.state.best_metric_epoch) if validated else None
+        return state
 
     def _save(self, trainer: Engine, path: Path) -> None:
         state = make_checkpoint(
@@ -203,10 +190,9 @@ class CheckpointHandler:
         """
         path = Path(path) if path is not None else self.last_path
         state = read_checkpoint(path, method=self.method.name)
-        if state["config"] != self.method.config_dict():
-            keys = sorted(
-                k for k in self.method.config_dict() if state["config"].get(k) != self.method.config_dict()[k]
-            )
+        config = self.method.config_dict()
+        if state["config"] != config:
+            keys = sorted(k for k in config if state["config"].get(k) != config[k])
             raise InputError(
                 path,
                 f"was trained with other {self.method.name} options ({', '.join(keys)}): "

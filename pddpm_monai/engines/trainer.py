@@ -175,39 +175,21 @@ def build_loaders(
         ``(train_loader, val_loader or None)``; the training dataset is a :class:`RandomSliceDataset`
         whose epoch the trainer sets.
     """
-    train_ds = RandomSliceDataset(
-        train_volumes,
-        slices_per_volume=config.slices_per_volume,
-        skip_empty=config.skip_empty_slices,
-        seed=config.seed,
-        context=context,
-    )
-    drop_last = config.drop_last and len(train_ds) >= config.batch_size
-    pin = resolve_device(config.device).type == "cuda"
+    common = {"skip_empty": config.skip_empty_slices, "seed": config.seed, "context": context}
+    loader = {
+        "batch_size": config.batch_size,
+        "shuffle": False,  # the training dataset shuffles per epoch, reproducibly
+        "num_workers": config.num_workers,
+        "pin_memory": resolve_device(config.device).type == "cuda",
+    }
+    train_ds = RandomSliceDataset(train_volumes, slices_per_volume=config.slices_per_volume, **common)
     train_loader = DataLoader(
-        train_ds,
-        batch_size=config.batch_size,
-        shuffle=False,  # the dataset shuffles per epoch, reproducibly
-        drop_last=drop_last,
-        num_workers=config.num_workers,
-        pin_memory=pin,
+        train_ds, drop_last=config.drop_last and len(train_ds) >= config.batch_size, **loader
     )
     val_loader = None
-    if val_volumes is not None and len(val_volumes) > 0 and config.val_interval > 0:
-        val_ds = AllSlicesDataset(
-            val_volumes,
-            slices_per_volume=config.val_slices_per_volume,
-            skip_empty=config.skip_empty_slices,
-            seed=config.seed,
-            context=context,
-        )
-        val_loader = DataLoader(
-            val_ds,
-            batch_size=config.batch_size,
-            shuffle=False,
-            num_workers=config.num_workers,
-            pin_memory=pin,
-        )
+    if val_volumes and config.val_interval > 0:
+        val_ds = AllSlicesDataset(val_volumes, slices_per_volume=config.val_slices_per_volume, **common)
+        val_loader = DataLoader(val_ds, **loader)
     return train_loader, val_loader
 
 
