@@ -133,16 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _printable_streams() -> None:
     """Print what an ASCII terminal cannot show (the tables' ``±``) as escapes instead of failing."""
     for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper) and not _can_encode(stream.encoding, "\u00b1"):
+        if not isinstance(stream, io.TextIOWrapper):
+            continue
+        try:
+            "\u00b1".encode(stream.encoding)
+        except (UnicodeEncodeError, LookupError):
             stream.reconfigure(errors="backslashreplace")
-
-
-def _can_encode(encoding: str, text: str) -> bool:
-    try:
-        text.encode(encoding)
-    except (UnicodeEncodeError, LookupError):
-        return False
-    return True
 
 
 def _run(args: argparse.Namespace) -> int:
