@@ -13,7 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from pddpm_monai.engines.trainer import TrainConfig
+from pddpm_monai.engines.trainer import TrainConfig, train
 from pddpm_monai.methods import METHODS
 from pddpm_monai.methods.config import config_to_dict
 
@@ -220,10 +220,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(args: argparse.Namespace) -> int:
     """``pddpm train``: train or resume; prints the checkpoint to use."""
-    from pddpm_monai.engines.trainer import train
-
-    best = train(train_config_from_args(args))
-    print(best)
+    print(train(train_config_from_args(args)))
     return 0
 
 

@@ -178,8 +178,8 @@ class CheckpointHandler:
                 self.best_path,
             )
 
-    def load(self, trainer: Engine, path: str | os.PathLike | None = None) -> dict[str, Any]:
-        """Load ``last.pt`` (or ``path``) into the method, optimiser, generator and trainer state.
+    def load(self, trainer: Engine) -> dict[str, Any]:
+        """Load ``last.pt`` into the method, optimiser, generator and trainer state.
 
         Raises:
             InputError: naming the file when it holds another method or configuration, or when
@@ -188,7 +188,7 @@ class CheckpointHandler:
         Returns:
             the checkpoint's trainer state.
         """
-        path = Path(path) if path is not None else self.last_path
+        path = self.last_path
         state = read_checkpoint(path, method=self.method.name)
         config = self.method.config_dict()
         if state["config"] != config:
@@ -254,22 +254,10 @@ class TensorBoardImageGridHandler:
     Args:
         summary_writer: the TensorBoard writer.
         interval: every N epochs (0: never).
-        keys: image keys of the step output, as columns.
-        max_images: rows (samples) of the grid.
-        tag: TensorBoard tag.
     """
 
-    def __init__(
-        self,
-        summary_writer: Any,
-        *,
-        interval: int = 10,
-        keys: Sequence[str] = IMAGE_GRID_KEYS,
-        max_images: int = 4,
-        tag: str = "train/images",
-    ) -> None:
-        self.writer = summary_writer
-        self.interval, self.keys, self.max_images, self.tag = interval, tuple(keys), max_images, tag
+    def __init__(self, summary_writer: Any, *, interval: int = 10) -> None:
+        self.writer, self.interval = summary_writer, interval
 
     def attach(self, engine: Engine) -> None:
         if self.interval > 0:  # 0: never
@@ -279,8 +267,9 @@ class TensorBoardImageGridHandler:
         output = engine.state.output
         if not isinstance(output, Mapping) or not output.get("images"):
             return
-        grid = image_grid(output["images"], self.keys, self.max_images)
-        self.writer.add_image(self.tag, grid, engine.state.epoch, dataformats="HW")
+        self.writer.add_image(
+            "train/images", image_grid(output["images"]), engine.state.epoch, dataformats="HW"
+        )
         self.writer.flush()
 
 
@@ -288,18 +277,15 @@ class ProgressHandler:
     """An ignite/tqdm progress bar with the training loss (``enabled=False``: nothing).
 
     Args:
-        enabled: show the bar.
-        persist: keep the bar of finished epochs.
+        enabled: show the bar (the bars of finished epochs are kept).
     """
 
-    def __init__(self, enabled: bool = True, persist: bool = True) -> None:
-        self.enabled, self.persist = enabled, persist
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
 
     def attach(self, engine: Engine) -> None:
         if not self.enabled:
             return
         from ignite.handlers import ProgressBar  # tqdm's bar: only when asked
 
-        ProgressBar(persist=self.persist).attach(
-            engine, output_transform=lambda out: {"loss": float(out["loss"])}
-        )
+        ProgressBar(persist=True).attach(engine, output_transform=lambda out: {"loss": float(out["loss"])})

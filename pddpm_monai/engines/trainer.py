@@ -235,7 +235,6 @@ def build_trainer(
     val_loader: DataLoader | None = None,
     *,
     summary_writer: Any | None = None,
-    model_path: str | None = None,
 ) -> SupervisedTrainer:
     """A MONAI ``SupervisedTrainer`` for ``method``: the objects of the bundle's ``train.json``.
 
@@ -249,7 +248,6 @@ def build_trainer(
         train_loader: batches of ``{"image": (B, 1, H, W)}`` from a dataset with ``set_epoch``.
         val_loader: validation batches (``None``: no validation, no ``best.pt``).
         summary_writer: a TensorBoard ``SummaryWriter`` (``None``: no TensorBoard logging).
-        model_path: export the best checkpoint there at the end (the bundle's ``models/model.pt``).
 
     Returns:
         the trainer; :func:`run_training` trains.
@@ -283,7 +281,6 @@ def build_trainer(
         optimizer,
         generator,
         evaluator=evaluator,
-        model_path=model_path,
         resume=config.resume,
         every=config.checkpoint_every,
         train_config=config_to_dict(config),
@@ -462,8 +459,7 @@ def train(
     if train_volumes is None:
         train_volumes, val_volumes = load_volumes(config)
     out.mkdir(parents=True, exist_ok=True)
-    writer = SummaryWriter(log_dir=str(out / "tensorboard"))
-    try:
+    with SummaryWriter(log_dir=str(out / "tensorboard")) as writer:
         run_training(
             prepare_training(
                 config,
@@ -473,7 +469,5 @@ def train(
                 method=method,
             )
         )
-    finally:
-        writer.close()
     best, last = out / BEST_CHECKPOINT, out / LAST_CHECKPOINT
     return best if best.is_file() else last
