@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in THREADED_COMMANDS:
         sub.choices[name].add_argument(
             "--threads",
-            type=_threads,
+            type=engines_commands.positive_int,
             default=None,
             help="CPU threads per process (default: $OMP_NUM_THREADS, else the usable cores / workers)",
         )
@@ -84,13 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
             "fp32 (the reference), bf16 (autocast; fast only with AVX512-BF16/AMX or a GPU)",
         )
     return parser
-
-
-def _threads(text: str) -> int:
-    """``--threads`` value: a positive integer."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return int(text)
 
 
 def _apply_threads(args: argparse.Namespace) -> None:
@@ -140,16 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _printable_streams() -> None:
     """Print what an ASCII terminal cannot show (the tables' ``±``) as escapes instead of failing."""
     for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper) and not _can_encode(stream.encoding, "\u00b1"):
+        if not isinstance(stream, io.TextIOWrapper):
+            continue
+        try:
+            "\u00b1".encode(stream.encoding)
+        except (UnicodeEncodeError, LookupError):
             stream.reconfigure(errors="backslashreplace")
-
-
-def _can_encode(encoding: str, text: str) -> bool:
-    try:
-        text.encode(encoding)
-    except (UnicodeEncodeError, LookupError):
-        return False
-    return True
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -207,16 +207,8 @@ class DistributedTrainingStep(TrainingStep):
     Args: as :class:`~pddpm_monai.engines.steps.TrainingStep`.
     """
 
-    def __init__(
-        self,
-        method: Method,
-        optimizer: torch.optim.Optimizer,
-        *,
-        generator: torch.Generator | None = None,
-        device: str | torch.device = "cpu",
-        amp: bool = False,
-    ) -> None:
-        super().__init__(method, optimizer, generator=generator, device=device, amp=amp)
+    def __init__(self, method: Method, optimizer: torch.optim.Optimizer, **kwargs: Any) -> None:
+        super().__init__(method, optimizer, **kwargs)
         if type(method).train_iteration is not Method.train_iteration:
             raise ValueError(
                 f"method {method.name!r} has its own train_iteration: DDP training is not supported."

@@ -108,20 +108,13 @@ class CheckpointHandler:
         train_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
+        self.last_path, self.best_path = self.out_dir / LAST_CHECKPOINT, self.out_dir / BEST_CHECKPOINT
         self.method, self.optimizer, self.rng = method, optimizer, generator
         self.evaluator = evaluator
         self.model_path = None if model_path is None else Path(model_path)
         self.resume, self.every = resume, every
         self.train_config = dict(train_config or {})
         self.resumed: dict[str, Any] | None = None
-
-    @property
-    def last_path(self) -> Path:
-        return self.out_dir / LAST_CHECKPOINT
-
-    @property
-    def best_path(self) -> Path:
-        return self.out_dir / BEST_CHECKPOINT
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.restore)
@@ -150,20 +143,14 @@ class CheckpointHandler:
         save_json(self.train_config, self.out_dir / TRAIN_CONFIG)
 
     def _trainer_state(self, trainer: Engine) -> dict[str, Any]:
-        best, best_epoch = None, None
-        if self.evaluator is not None and self.evaluator.state.best_metric_epoch != -1:
-            best, best_epoch = (
-                float(self.evaluator.state.best_metric),
-                int(self.evaluator.state.best_metric_epoch),
-            )
-        return {
-            "epoch": int(trainer.state.epoch),
-            "iteration": int(trainer.state.iteration),
-            "epoch_length": int(trainer.state.epoch_length),
-            "max_epochs": int(trainer.state.max_epochs),
-            "best_val_loss": best,
-            "best_epoch": best_epoch,
+        ev = self.evaluator
+        validated = ev is not None and ev.state.best_metric_epoch != -1
+        state: dict[str, Any] = {
+            k: int(getattr(trainer.state, k)) for k in ("epoch", "iteration", "epoch_length", "max_epochs")
         }
+        state["best_val_loss"] = float(ev.state.best_metric) if validated else None
+        state["best_epoch"] = int(ev.state.best_metric_epoch) if validated else None
+        return state
 
     def _save(self, trainer: Engine, path: Path) -> None:
         state = make_checkpoint(
@@ -191,8 +178,8 @@ class CheckpointHandler:
                 self.best_path,
             )
 
-    def load(self, trainer: Engine, path: str | os.PathLike | None = None) -> dict[str, Any]:
-        """Load ``last.pt`` (or ``path``) into the method, optimiser, generator and trainer state.
+    def load(self, trainer: Engine) -> dict[str, Any]:
+        """Load ``last.pt`` into the method, optimiser, generator and trainer state.
 
         Raises:
             InputError: naming the file when it holds another method or configuration, or when
@@ -201,12 +188,11 @@ class CheckpointHandler:
         Returns:
             the checkpoint's trainer state.
         """
-        path = Path(path) if path is not None else self.last_path
+        path = self.last_path
         state = read_checkpoint(path, method=self.method.name)
-        if state["config"] != self.method.config_dict():
-            keys = sorted(
-                k for k in self.method.config_dict() if state["config"].get(k) != self.method.config_dict()[k]
-            )
+        config = self.method.config_dict()
+        if state["config"] != config:
+            keys = sorted(k for k in config if state["config"].get(k) != config[k])
             raise InputError(
                 path,
                 f"was trained with other {self.method.name} options ({', '.join(keys)}): "
@@ -268,22 +254,10 @@ class TensorBoardImageGridHandler:
     Args:
         summary_writer: the TensorBoard writer.
         interval: every N epochs (0: never).
-        keys: image keys of the step output, as columns.
-        max_images: rows (samples) of the grid.
-        tag: TensorBoard tag.
     """
 
-    def __init__(
-        self,
-        summary_writer: Any,
-        *,
-        interval: int = 10,
-        keys: Sequence[str] = IMAGE_GRID_KEYS,
-        max_images: int = 4,
-        tag: str = "train/images",
-    ) -> None:
-        self.writer = summary_writer
-        self.interval, self.keys, self.max_images, self.tag = interval, tuple(keys), max_images, tag
+    def __init__(self, summary_writer: Any, *, interval: int = 10) -> None:
+        self.writer, self.interval = summary_writer, interval
 
     def attach(self, engine: Engine) -> None:
         if self.interval > 0:  # 0: never
@@ -293,8 +267,9 @@ class TensorBoardImageGridHandler:
         output = engine.state.output
         if not isinstance(output, Mapping) or not output.get("images"):
             return
-        grid = image_grid(output["images"], self.keys, self.max_images)
-        self.writer.add_image(self.tag, grid, engine.state.epoch, dataformats="HW")
+        self.writer.add_image(
+            "train/images", image_grid(output["images"]), engine.state.epoch, dataformats="HW"
+        )
         self.writer.flush()
 
 
@@ -302,18 +277,15 @@ class ProgressHandler:
     """An ignite/tqdm progress bar with the training loss (``enabled=False``: nothing).
 
     Args:
-        enabled: show the bar.
-        persist: keep the bar of finished epochs.
+        enabled: show the bar (the bars of finished epochs are kept).
     """
 
-    def __init__(self, enabled: bool = True, persist: bool = True) -> None:
-        self.enabled, self.persist = enabled, persist
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
 
     def attach(self, engine: Engine) -> None:
         if not self.enabled:
             return
         from ignite.handlers import ProgressBar  # tqdm's bar: only when asked
 
-        ProgressBar(persist=self.persist).attach(
-            engine, output_transform=lambda out: {"loss": float(out["loss"])}
-        )
+        ProgressBar(persist=True).attach(engine, output_transform=lambda out: {"loss": float(out["loss"])})

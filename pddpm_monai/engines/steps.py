@@ -134,8 +134,4 @@ class ValidationStep:
 def every_n(n: int) -> Callable[[Engine, int], bool]:
     """Event filter ``(engine, iteration) -> bool`` true every ``n`` iterations (``iteration_log``)."""
     n = max(int(n), 1)
-
-    def _every(engine: Engine, event: int) -> bool:
-        return event % n == 0
-
-    return _every
+    return lambda engine, event: event % n == 0

@@ -175,39 +175,21 @@ def build_loaders(
         ``(train_loader, val_loader or None)``; the training dataset is a :class:`RandomSliceDataset`
         whose epoch the trainer sets.
     """
-    train_ds = RandomSliceDataset(
-        train_volumes,
-        slices_per_volume=config.slices_per_volume,
-        skip_empty=config.skip_empty_slices,
-        seed=config.seed,
-        context=context,
-    )
-    drop_last = config.drop_last and len(train_ds) >= config.batch_size
-    pin = resolve_device(config.device).type == "cuda"
+    common = {"skip_empty": config.skip_empty_slices, "seed": config.seed, "context": context}
+    loader = {
+        "batch_size": config.batch_size,
+        "shuffle": False,  # the training dataset shuffles per epoch, reproducibly
+        "num_workers": config.num_workers,
+        "pin_memory": resolve_device(config.device).type == "cuda",
+    }
+    train_ds = RandomSliceDataset(train_volumes, slices_per_volume=config.slices_per_volume, **common)
     train_loader = DataLoader(
-        train_ds,
-        batch_size=config.batch_size,
-        shuffle=False,  # the dataset shuffles per epoch, reproducibly
-        drop_last=drop_last,
-        num_workers=config.num_workers,
-        pin_memory=pin,
+        train_ds, drop_last=config.drop_last and len(train_ds) >= config.batch_size, **loader
     )
     val_loader = None
-    if val_volumes is not None and len(val_volumes) > 0 and config.val_interval > 0:
-        val_ds = AllSlicesDataset(
-            val_volumes,
-            slices_per_volume=config.val_slices_per_volume,
-            skip_empty=config.skip_empty_slices,
-            seed=config.seed,
-            context=context,
-        )
-        val_loader = DataLoader(
-            val_ds,
-            batch_size=config.batch_size,
-            shuffle=False,
-            num_workers=config.num_workers,
-            pin_memory=pin,
-        )
+    if val_volumes and config.val_interval > 0:
+        val_ds = AllSlicesDataset(val_volumes, slices_per_volume=config.val_slices_per_volume, **common)
+        val_loader = DataLoader(val_ds, **loader)
     return train_loader, val_loader
 
 
@@ -253,7 +235,6 @@ def build_trainer(
     val_loader: DataLoader | None = None,
     *,
     summary_writer: Any | None = None,
-    model_path: str | None = None,
 ) -> SupervisedTrainer:
     """A MONAI ``SupervisedTrainer`` for ``method``: the objects of the bundle's ``train.json``.
 
@@ -267,7 +248,6 @@ def build_trainer(
         train_loader: batches of ``{"image": (B, 1, H, W)}`` from a dataset with ``set_epoch``.
         val_loader: validation batches (``None``: no validation, no ``best.pt``).
         summary_writer: a TensorBoard ``SummaryWriter`` (``None``: no TensorBoard logging).
-        model_path: export the best checkpoint there at the end (the bundle's ``models/model.pt``).
 
     Returns:
         the trainer; :func:`run_training` trains.
@@ -301,7 +281,6 @@ def build_trainer(
         optimizer,
         generator,
         evaluator=evaluator,
-        model_path=model_path,
         resume=config.resume,
         every=config.checkpoint_every,
         train_config=config_to_dict(config),
@@ -480,8 +459,7 @@ def train(
     if train_volumes is None:
         train_volumes, val_volumes = load_volumes(config)
     out.mkdir(parents=True, exist_ok=True)
-    writer = SummaryWriter(log_dir=str(out / "tensorboard"))
-    try:
+    with SummaryWriter(log_dir=str(out / "tensorboard")) as writer:
         run_training(
             prepare_training(
                 config,
@@ -491,7 +469,5 @@ def train(
                 method=method,
             )
         )
-    finally:
-        writer.close()
     best, last = out / BEST_CHECKPOINT, out / LAST_CHECKPOINT
     return best if best.is_file() else last

@@ -46,35 +46,24 @@ def _add_detect(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--atlas",
-        default=None,
         help="atlas the model's data were registered to (default: the bundle's inference.json \"atlas\", then $PDDPM_ATLAS)",
     )
     p.add_argument(
         "--atlas-channel", choices=("t2", "t1", "pd"), default="t2", help="SRI24 channel (default t2)"
     )
-    p.add_argument("--atlas-mask", default=None, help="atlas brain mask (default: SRI24 tissues > 0)")
-    p.add_argument("--threshold", type=float, default=None, help="threshold of the post-processed map")
+    p.add_argument("--atlas-mask", help="atlas brain mask (default: SRI24 tissues > 0)")
+    p.add_argument("--threshold", type=float, help="threshold of the post-processed map")
     p.add_argument(
-        "--thresholds",
-        type=Path,
-        default=None,
-        help="thresholds.json of `pddpm evaluate` (default: beside the checkpoint)",
+        "--thresholds", type=Path, help="thresholds.json of `pddpm evaluate` (default: beside the checkpoint)"
     )
-    p.add_argument(
-        "--dataset", default=None, help="which validation set's threshold to use (default brats21)"
-    )
-    p.add_argument(
-        "--device", choices=("cpu", "cuda"), default=None, help="HD-BET and network device (default cpu)"
-    )
-    p.add_argument("--t-test", type=int, default=None, help="test timestep (default: the checkpoint's)")
-    p.add_argument(
-        "--patch-size", type=int, default=None, help="patch size (pddpm; default: the checkpoint's)"
-    )
+    p.add_argument("--dataset", help="which validation set's threshold to use (default brats21)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="HD-BET and network device (default cpu)")
+    p.add_argument("--t-test", type=int, help="test timestep (default: the checkpoint's)")
+    p.add_argument("--patch-size", type=int, help="patch size (pddpm; default: the checkpoint's)")
     p.add_argument("--hd-bet-mode", choices=("fast", "accurate"), default="fast", help="1 or 5 HD-BET folds")
     p.add_argument(
         "--bias-correction",
         choices=("n4", "robust"),
-        default=None,
         help="bias correction of the chain: the one the model's data root was preprocessed with "
         "(default robust, transforms/bias.py; n4: the authors' masked N4)",
     )
@@ -87,22 +76,19 @@ def detect_config_from_args(args: argparse.Namespace):
     from pddpm_monai.pipeline.detect import DetectConfig
 
     config = DetectConfig()
-    changes = {
-        "skull_stripped": args.skull_stripped,
-        "overwrite": args.overwrite,
-        "threshold": args.threshold,
-        "thresholds_file": None if args.thresholds is None else str(args.thresholds),
-    }
-    for name in ("dataset", "device", "t_test", "patch_size"):
-        if getattr(args, name) is not None:
-            changes[name] = getattr(args, name)
-    preprocess = config.preprocess
-    if getattr(args, "bias_correction", None) is not None:
-        preprocess = dataclasses.replace(preprocess, bias_correction=args.bias_correction)
+    preprocess = {} if args.bias_correction is None else {"bias_correction": args.bias_correction}
     if args.hd_bet_mode == "accurate":
-        preprocess = dataclasses.replace(preprocess, hd_bet_folds=(0, 1, 2, 3, 4))
-    changes["preprocess"] = preprocess
-    return dataclasses.replace(config, **changes)
+        preprocess["hd_bet_folds"] = (0, 1, 2, 3, 4)
+    given = {k: getattr(args, k) for k in ("dataset", "device", "t_test", "patch_size")}
+    return dataclasses.replace(
+        config,
+        skull_stripped=args.skull_stripped,
+        overwrite=args.overwrite,
+        threshold=args.threshold,
+        thresholds_file=None if args.thresholds is None else str(args.thresholds),
+        preprocess=dataclasses.replace(config.preprocess, **preprocess),
+        **{k: v for k, v in given.items() if v is not None},
+    )
 
 
 def run_detect(args: argparse.Namespace) -> int:
@@ -146,9 +132,9 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="a much smaller run: synthetic data root, tiny pDDPM vs Thresh (what the test runs)",
     )
-    p.add_argument("--device", default=None, help="auto, cpu, cuda (default auto)")
-    p.add_argument("--workers", type=int, default=None, help="processes for synthesis/preprocessing")
-    p.add_argument("--seed", type=int, default=None, help="seed of the cohort and the training")
+    p.add_argument("--device", help="auto, cpu, cuda (default auto)")
+    p.add_argument("--workers", type=int, help="processes for synthesis/preprocessing")
+    p.add_argument("--seed", type=int, help="seed of the cohort and the training")
     p.set_defaults(func=run_demo_command)
 
 

@@ -42,7 +42,7 @@ from typing import Any
 
 from pddpm_monai.names import method_label
 from pddpm_monai.transforms.config import PreprocessConfig
-from pddpm_monai.utils import InputError, PddpmError, save_json
+from pddpm_monai.utils import InputError, PddpmError, plain_json, save_json
 
 __all__ = ["DemoConfig", "DemoResult", "STAGES", "DemoPaths", "run_demo", "demo_methods"]
 
@@ -58,13 +58,7 @@ DEMO_UNET: dict[str, Any] = {
     "num_head_channels": 16,
 }
 #: the quick mode's tiny UNet (as the engine tests')
-QUICK_UNET: dict[str, Any] = {
-    "model_channels": 16,
-    "channel_mult": [1, 2],
-    "num_res_blocks": 1,
-    "num_groups": 8,
-    "num_head_channels": 16,
-}
+QUICK_UNET: dict[str, Any] = {**DEMO_UNET, "channel_mult": [1, 2]}
 #: method options per method name; the AE is the baselines' dense autoencoder, narrowed
 DEMO_METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "pddpm": {"network": DEMO_UNET},
@@ -191,10 +185,6 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise InputError(path, "corrupt JSON: delete it to start this demo over") from None
 
 
-def _config_dict(config: DemoConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(config), default=list))
-
-
 #: the fields that :class:`DemoConfig` passes on to every method's ``TrainConfig`` as they are
 TRAIN_FIELDS: tuple[str, ...] = (
     "epochs", "batch_size", "lr", "device", "seed", "slices_per_volume", "skip_empty_slices",
@@ -220,7 +210,9 @@ def _check_config(paths: DemoPaths, config: DemoConfig) -> None:
     Changing only options of stages that have not finished is allowed (e.g. the training settings
     after the data stages): the finished stages are reused and ``demo_config.json`` is updated.
     """
-    wanted = {k: v for k, v in _config_dict(config).items() if k not in ("progress", "workers")}
+    wanted = {
+        k: v for k, v in plain_json(dataclasses.asdict(config)).items() if k not in ("progress", "workers")
+    }
     stored = _read_json(paths.config)
     changed = {k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k)} if stored else set()
     finished = _read_json(paths.stages)

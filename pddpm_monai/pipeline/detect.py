@@ -350,12 +350,11 @@ def detect_scan(
     start = time.perf_counter()
     scan, checkpoint, out = Path(scan), Path(checkpoint), Path(out_dir)
     paths = output_paths(scan, out)
+    config_json = plain_json(dataclasses.asdict(config))
     if not config.overwrite and all(p.is_file() for p in paths.values()):
         previous = json.loads(paths["summary"].read_text(encoding="utf-8"))
-        same_run = previous.get("config") == plain_json(dataclasses.asdict(config)) and previous.get(
-            "model", {}
-        ).get("checkpoint") == str(checkpoint)
-        if same_run:
+        model = previous.get("model", {})
+        if previous.get("config") == config_json and model.get("checkpoint") == str(checkpoint):
             return DetectResult(paths, previous, skipped=True)
     native_image, native_affine = read_scan(scan)  # one-line errors before any heavy work
     scorer = _load_scorer(checkpoint, config)
@@ -392,7 +391,7 @@ def detect_scan(
         "preprocessing_seconds": record.get("seconds", {}),
         "seconds": round(time.perf_counter() - start, 2),
         "outputs": {k: str(p) for k, p in paths.items()},
-        "config": plain_json(dataclasses.asdict(config)),
+        "config": config_json,
     }
     save_json(summary, paths["summary"])  # last: marks the scan finished
     return DetectResult(paths, summary)

@@ -228,18 +228,17 @@ def _markdown_to_html(text: str) -> str:
 
 
 def write_report(
-    out_dir: str | os.PathLike, title: str, sections: Sequence[ReportSection], *, html_twin: bool = True
+    out_dir: str | os.PathLike, title: str, sections: Sequence[ReportSection]
 ) -> dict[str, Path]:
-    """Write ``report.md`` (and ``report.html``) in ``out_dir``; images are linked, not copied.
+    """Write ``report.md`` and its HTML twin ``report.html`` in ``out_dir``; images are linked, not copied.
 
     Args:
         out_dir: where the report goes (image paths are relative to it).
         title: the report's title.
         sections: its sections, in order.
-        html_twin: also write a self-contained-looking HTML version.
 
     Returns:
-        ``{"report.md": path[, "report.html": path]}``.
+        ``{"report.md": path, "report.html": path}``.
     """
     out = Path(out_dir)
     md = [f"# {title}", ""]
@@ -256,15 +255,12 @@ def write_report(
             parts.append(
                 f'<p><img src="{html.escape(image)}" alt="{html.escape(alt)}" style="max-width:100%"></p>'
             )
-    written = {"report.md": out / "report.md"}
-    with atomic_path(written["report.md"]) as tmp:
-        tmp.write_text("\n".join(md), encoding="utf-8")
-    if html_twin:
-        style = "body{font-family:sans-serif;max-width:70em;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #999;padding:2px 6px}"
-        page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
-        written["report.html"] = out / "report.html"
-        with atomic_path(written["report.html"]) as tmp:
-            tmp.write_text(page, encoding="utf-8")
+    style = "body{font-family:sans-serif;max-width:70em;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #999;padding:2px 6px}"
+    page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+    written = {"report.md": out / "report.md", "report.html": out / "report.html"}
+    for text, path in zip(("\n".join(md), page), written.values()):
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     return written
 
 
@@ -300,37 +296,32 @@ def build_demo_report(paths: Any, methods: Sequence[str], stages: Mapping[str, A
     out = Path(paths.out)
     results = Path(paths.results)
     table = results / "table.md"
+    datasets = ("brats21", "mslub")
+    overlays = [
+        results / method / "fold0" / "figures" / f"overlay_{d}_{w}.png"
+        for method in [*methods, "Thresh"]
+        for d in datasets
+        for w in ("best", "median", "worst")
+    ]
     sections = [
         ReportSection(
             "Table 1 (synthetic demo)",
             (table.read_text(encoding="utf-8") if table.is_file() else "(no table)")
             + "\n\n"
             + DEMO_DISCLAIMER,
-        )
-    ]
-    sections.append(
+        ),
         ReportSection(
             "Precision-recall curves",
             "Pooled test voxels inside the brain.",
-            _existing([results / "figures" / f"pr_{d}.png" for d in ("brats21", "mslub")], out),
-        )
-    )
-    overlays = []
-    for method in list(methods) + ["Thresh"]:
-        figures = results / method / "fold0" / "figures"
-        overlays += [
-            figures / f"overlay_{d}_{w}.png"
-            for d in ("brats21", "mslub")
-            for w in ("best", "median", "worst")
-        ]
-    sections.append(
+            _existing([results / "figures" / f"pr_{d}.png" for d in datasets], out),
+        ),
         ReportSection(
             "Best, median and worst test cases",
             "Input, reconstruction, anomaly map, binarised map (validation threshold) and ground truth "
             "(the PR curves above compare all methods).",
             _existing(overlays, out),
-        )
-    )
+        ),
+    ]
     written: dict[str, Path] = {}
     runs = {method_label(m): Path(paths.runs) / m / "tensorboard" for m in methods}
     curves = plot_training_curves(runs, out / "figures" / "training_curves.png")
