@@ -265,13 +265,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         if "weights_only" in str(err) or "Unsupported global" in str(err):
             first = "refused: it contains pickled objects that are not plain weights (weights_only=True)"
         raise InputError(path, f"cannot load checkpoint: {first}") from None
     if not isinstance(obj, dict):
         raise InputError(path, f"not a pddpm checkpoint (a {type(obj).__name__}, expected a dict)")
     return obj
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type name when the message is empty)."""
+    return (str(err).strip() or type(err).__name__).splitlines()[0]
 
 
 def resolve_device(name: str | Any) -> Any:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from pddpm_monai.methods.config import config_from_dict, config_to_dict
 from pddpm_monai.names import method_label
-from pddpm_monai.utils import InputError
+from pddpm_monai.utils import InputError, first_line
 
 __all__ = [
     "METHODS",
@@ -223,5 +223,6 @@ def build_method(
         except InputError:
             raise
         except ValueError as err:
-            first = (str(err).strip() or type(err).__name__).splitlines()[0]
-            raise InputError(source, f"cannot build the {method_label(name)} network: {first}") from None
+            raise InputError(
+                source, f"cannot build the {method_label(name)} network: {first_line(err)}"
+            ) from None

@@ -30,7 +30,7 @@ from torch import Tensor
 from pddpm_monai.inferers import reconstruct_volume
 from pddpm_monai.methods.base import METHODS, Method, build_method
 from pddpm_monai.methods.config import apply_overrides
-from pddpm_monai.utils import InputError, load_checkpoint, resolve_device, save_checkpoint
+from pddpm_monai.utils import InputError, first_line, load_checkpoint, resolve_device, save_checkpoint
 
 __all__ = [
     "MODEL_KEY",
@@ -174,8 +174,9 @@ def method_from_checkpoint(
     try:
         method.load_state_dict(state["network"], strict=True)
     except (RuntimeError, KeyError, TypeError) as err:
-        first = (str(err).strip() or type(err).__name__).splitlines()[0]
-        raise InputError(path, f"weights do not match the {state['method']} architecture: {first}") from None
+        raise InputError(
+            path, f"weights do not match the {state['method']} architecture: {first_line(err)}"
+        ) from None
     return method
 
 

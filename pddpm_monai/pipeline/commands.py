@@ -3,7 +3,6 @@
 Thin wrappers over :func:`~pddpm_monai.pipeline.detect.detect_scan` and
 :func:`~pddpm_monai.pipeline.demo.run_demo`; options left out keep the defaults of
 :class:`~pddpm_monai.pipeline.detect.DetectConfig` / :class:`~pddpm_monai.pipeline.demo.DemoConfig`.
-Heavy imports happen inside the commands so that ``pddpm --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -13,7 +12,15 @@ import dataclasses
 import json
 from pathlib import Path
 
+from pddpm_monai.data.commands import add_preprocess_options, preprocess_config
+from pddpm_monai.pipeline.demo import DemoConfig, run_demo
+from pddpm_monai.pipeline.detect import DetectConfig, bundle_atlas, bundle_checkpoint, detect_scan
+from pddpm_monai.transforms.atlas import resolve_atlas
+from pddpm_monai.transforms.scan_io import read_scan
 from pddpm_monai.utils import InputError
+
+#: the defaults of ``pddpm detect`` (help texts and unset options read them)
+DEFAULTS = DetectConfig()
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -48,55 +55,41 @@ def _add_detect(subparsers: argparse._SubParsersAction) -> None:
         "--atlas",
         help="atlas the model's data were registered to (default: the bundle's inference.json \"atlas\", then $PDDPM_ATLAS)",
     )
-    p.add_argument(
-        "--atlas-channel", choices=("t2", "t1", "pd"), default="t2", help="SRI24 channel (default t2)"
-    )
-    p.add_argument("--atlas-mask", help="atlas brain mask (default: SRI24 tissues > 0)")
     p.add_argument("--threshold", type=float, help="threshold of the post-processed map")
     p.add_argument(
         "--thresholds", type=Path, help="thresholds.json of `pddpm evaluate` (default: beside the checkpoint)"
     )
-    p.add_argument("--dataset", help="which validation set's threshold to use (default brats21)")
-    p.add_argument("--device", choices=("cpu", "cuda"), help="HD-BET and network device (default cpu)")
+    p.add_argument("--dataset", help=f"which validation set's threshold to use (default {DEFAULTS.dataset})")
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), help=f"HD-BET and network device (default {DEFAULTS.device})"
+    )
     p.add_argument("--t-test", type=int, help="test timestep (default: the checkpoint's)")
     p.add_argument("--patch-size", type=int, help="patch size (pddpm; default: the checkpoint's)")
-    p.add_argument("--hd-bet-mode", choices=("fast", "accurate"), default="fast", help="1 or 5 HD-BET folds")
-    p.add_argument(
-        "--bias-correction",
-        choices=("n4", "robust"),
-        help="bias correction of the chain: the one the model's data root was preprocessed with "
-        "(default robust, transforms/bias.py; n4: the authors' masked N4)",
+    add_preprocess_options(
+        p,
+        bias_help="bias correction of the chain: the one the model's data root was preprocessed with "
+        f"(default {DEFAULTS.preprocess.bias_correction}, transforms/bias.py; n4: the authors' masked N4)",
     )
     p.add_argument("--overwrite", action="store_true", help="recompute when the outputs exist")
     p.set_defaults(func=run_detect)
 
 
-def detect_config_from_args(args: argparse.Namespace):
+def detect_config_from_args(args: argparse.Namespace) -> DetectConfig:
     """The :class:`~pddpm_monai.pipeline.detect.DetectConfig` that ``pddpm detect`` options describe."""
-    from pddpm_monai.pipeline.detect import DetectConfig
-
-    config = DetectConfig()
-    preprocess = {} if args.bias_correction is None else {"bias_correction": args.bias_correction}
-    if args.hd_bet_mode == "accurate":
-        preprocess["hd_bet_folds"] = (0, 1, 2, 3, 4)
     given = {k: getattr(args, k) for k in ("dataset", "device", "t_test", "patch_size")}
     return dataclasses.replace(
-        config,
+        DEFAULTS,
         skull_stripped=args.skull_stripped,
         overwrite=args.overwrite,
         threshold=args.threshold,
         thresholds_file=None if args.thresholds is None else str(args.thresholds),
-        preprocess=dataclasses.replace(config.preprocess, **preprocess),
+        preprocess=preprocess_config(args, DEFAULTS.preprocess),
         **{k: v for k, v in given.items() if v is not None},
     )
 
 
 def run_detect(args: argparse.Namespace) -> int:
     """``pddpm detect``: prints the outputs and the summary's key figures."""
-    from pddpm_monai.pipeline.detect import bundle_atlas, bundle_checkpoint, detect_scan
-    from pddpm_monai.transforms.atlas import resolve_atlas
-    from pddpm_monai.transforms.scan_io import read_scan
-
     read_scan(args.scan)  # a bad scan is reported before anything else
     checkpoint = bundle_checkpoint(args.bundle) if args.bundle is not None else args.checkpoint
     atlas_arg = args.atlas
@@ -132,16 +125,17 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="a much smaller run: synthetic data root, tiny pDDPM vs Thresh (what the test runs)",
     )
-    p.add_argument("--device", help="auto, cpu, cuda (default auto)")
-    p.add_argument("--workers", type=int, help="processes for synthesis/preprocessing")
-    p.add_argument("--seed", type=int, help="seed of the cohort and the training")
+    demo = DemoConfig()
+    p.add_argument("--device", help=f"auto, cpu, cuda (default {demo.device})")
+    p.add_argument(
+        "--workers", type=int, help=f"processes for synthesis/preprocessing (default {demo.workers})"
+    )
+    p.add_argument("--seed", type=int, help=f"seed of the cohort and the training (default {demo.seed})")
     p.set_defaults(func=run_demo_command)
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
     """``pddpm demo``: run (or resume) the demo and print the table and where the outputs are."""
-    from pddpm_monai.pipeline.demo import DemoConfig, run_demo
-
     config = DemoConfig.quick() if args.quick else DemoConfig()
     changes = {k: getattr(args, k) for k in ("device", "workers", "seed") if getattr(args, k) is not None}
     if changes.get("workers", 1) < 1:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from pddpm_monai.transforms.scan_io import NIFTI_SUFFIXES
 from pddpm_monai.utils import InputError, atomic_path, read_nifti
 
 __all__ = [
@@ -45,7 +46,6 @@ SRI24_TISSUES = "tissues"
 #: file stems tried for a generic (non-SRI24) template folder, e.g. the synthetic cohort's atlas
 GENERIC_IMAGE_STEMS: tuple[str, ...] = ("t2", "template_t2", "template", "atlas", "image")
 GENERIC_MASK_STEMS: tuple[str, ...] = ("mask", "brain_mask", "template_mask", "atlas_mask")
-NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 
 #: official distribution of the skull-stripped SRI24 anatomy channels (NITRC project "sri24",
 #: https://www.nitrc.org/projects/sri24/, CC BY-SA 3.0); it unpacks to ``sri24/{spgr,late,erly}.nii``
