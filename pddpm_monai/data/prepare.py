@@ -16,6 +16,7 @@ import dataclasses
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -37,6 +38,7 @@ __all__ = [
     "preprocess_scan",
     "Summary",
     "parse_shard",
+    "shard",
     "process_subject",
     "run_preprocess",
 ]
@@ -117,6 +119,11 @@ class Summary:
         ]
         lines += [f"  FAILED {name}: {reason}" for name, reason in sorted(self.failed.items())]
         return "\n".join(lines)
+
+
+def shard(subjects: Sequence[Subject], index: int, count: int) -> list[Subject]:
+    """Every ``count``-th subject starting at ``index`` (a stable, name-sorted partition)."""
+    return list(subjects[index::count])
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -219,8 +226,7 @@ def run_preprocess(
     Returns:
         The :class:`Summary`.
     """
-    index, count = shard_spec  # every count-th subject from index: a stable, name-sorted partition
-    subjects = find_subjects(dataset, raw_dir)[index::count]  # type: ignore[arg-type]
+    subjects = shard(find_subjects(dataset, raw_dir), *shard_spec)
     atlas.image, atlas.mask  # noqa: B018  (validate the atlas once, before any work)
     summary = Summary()
     bar = tqdm(total=len(subjects), desc=f"preprocess {dataset}", disable=not progress, file=sys.stderr)
