@@ -212,7 +212,7 @@ def save_csv(
     writer.writerows(([i] if index else []) + list(row) for i, row in enumerate(rows))
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
+        tmp.write_text(buf.getvalue(), encoding="utf-8", newline="")
     return path
 
 

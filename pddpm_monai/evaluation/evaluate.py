@@ -28,7 +28,6 @@ the data root's world coordinates, so ITK-SNAP / 3D Slicer overlay them on the d
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -52,7 +51,7 @@ from pddpm_monai.evaluation.threshold import ValidationPool, fpr_threshold
 from pddpm_monai.methods.scorers import AnomalyScorer
 from pddpm_monai.names import method_label
 from pddpm_monai.transforms.loading import ModelGridConfig, model_grid_transforms
-from pddpm_monai.utils import InputError, atomic_path, read_nifti, save_json, save_nifti
+from pddpm_monai.utils import InputError, atomic_path, read_nifti, save_csv, save_json, save_nifti
 
 __all__ = [
     "EvaluationConfig",
@@ -476,10 +475,7 @@ def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path, columns: Sequence[str]) -> None:
     """Write ``rows`` atomically as a CSV of ``columns`` (other keys of a row are left out)."""
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    save_csv(columns, ([row.get(c, "") for c in columns] for row in rows), path)
 
 
 def evaluate_method(
