@@ -30,14 +30,15 @@ import torch
 from _common import cpu_model, load_average
 
 from pddpm_monai.data.datalist import read_split_csv, split_path
-from pddpm_monai.diffusion.patches import patch_grid
+from pddpm_monai.diffusion.patches import axis_starts
 from pddpm_monai.evaluation.evaluate import EvaluationConfig, VolumeLoader
 from pddpm_monai.methods.checkpoint import load_scorer
+from pddpm_monai.utils import InputError
 
 
 def border_positions(size: int, patch: int) -> set[int]:
     """Indices ``b`` (0 < b < size) where a patch edge lies between pixel ``b - 1`` and pixel ``b``."""
-    starts = sorted({y0 for y0, _ in patch_grid(size, size, patch, patch)})
+    starts = axis_starts(size, patch)
     edges = set(starts) | {min(s + patch, size) for s in starts}
     return {b for b in edges if 0 < b < size}
 
@@ -93,7 +94,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patch-size", type=int, default=48, help="patch grid the borders come from")
     parser.add_argument("--shift", type=int, default=8, help="pixels the second input is moved (axis 0)")
     args = parser.parse_args(argv)
+    if any(not path for _, _, path in (spec.partition("=") for spec in args.checkpoint)):
+        parser.error("--checkpoint takes NAME=PATH")
+    try:
+        return _run(args)
+    except (InputError, ValueError) as error:  # one line naming the file or the problem, exit 2
+        print(f"bench_seams: {error}", file=sys.stderr)
+        return 2
 
+
+def _run(args: argparse.Namespace) -> int:
+    """Print the seam table of every checkpoint (and of the image, as a check)."""
     subjects = read_split_csv(split_path(args.root, args.split), args.root)
     loader = VolumeLoader(EvaluationConfig(datasets=("ixi",), progress=False), cache=True)
     volumes = [loader.load({k: subject[k] for k in ("image", "mask")}) for subject in subjects]
