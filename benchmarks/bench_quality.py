@@ -12,6 +12,7 @@ Usage::
     python benchmarks/bench_quality.py --out /tmp/bench_quality --variants # + the pDDPM variants (resumes)
     python benchmarks/bench_quality.py --out /tmp/bench_quality --quick    # smoke check
     python benchmarks/bench_quality.py --device cuda --scale 4 --folds 3  # larger, with ± std over folds (GPU)
+    python benchmarks/bench_quality.py --out /tmp/bench_quality --extra-grid blend  # + the main pDDPM on the blend grid
 
 The paper's expected ordering (Dice and AUPRC): pDDPM (fixed + L_p) > DDPM > AE > Thresh. Hyper-
 parameters are the methods' defaults (t_test 500, patch 48, beta 0.001, ...); only the network
@@ -73,6 +74,7 @@ class BenchConfig:
     amp: bool = False
     paper_text_noise: bool = False
     methods: tuple[str, ...] = ()
+    extra_grids: tuple[str, ...] = ()
     ablation: bool = True
     workers: int = 2
     seed: int = 0
@@ -207,6 +209,14 @@ def run(cfg: BenchConfig, out: Path, device: str, root: Path | None = None) -> d
             timings[f"fold{fold} evaluate {name}"] = time.perf_counter() - t0
             if name == "pDDPM fixed L_p":
                 main_checkpoints.append(checkpoint)
+                for grid in cfg.extra_grids:  # the same checkpoint scored on another patch grid
+                    t0 = time.perf_counter()
+                    row = f"{name} {grid}"
+                    scorer = load_scorer(checkpoint, device=device, name=row, patch_grid=grid)
+                    evaluate_method(
+                        scorer, root, results, fold=fold, config=evaluation, extra=extra, loader=loader
+                    )
+                    timings[f"fold{fold} evaluate {row}"] = time.perf_counter() - t0
             table = write_table([results], out, config=permutation, figures=False)  # the table so far
             save_json(timings, out / "timings.json")
             print(f"fold {fold} {name}: trained and evaluated ({table['table.md']})", flush=True)
@@ -259,6 +269,13 @@ def main() -> None:
     parser.add_argument("--no-ablation", action="store_true", help="skip the Fig. 3 sweeps and the ensemble")
     parser.add_argument("--methods", nargs="+", help="only these rows, e.g. 'pDDPM fixed L_p' DDPM AE")
     parser.add_argument(
+        "--extra-grid",
+        nargs="+",
+        default=[],
+        choices=("tile", "blend"),
+        help="also score the main pDDPM's checkpoint on these patch grids (rows, no extra training)",
+    )
+    parser.add_argument(
         "--max-minutes",
         type=float,
         default=None,
@@ -281,6 +298,7 @@ def main() -> None:
         amp=args.amp,
         paper_text_noise=args.paper_text_noise,
         methods=tuple(args.methods or ()),
+        extra_grids=tuple(args.extra_grid),
         ablation=not args.no_ablation,
     )
     torch.manual_seed(cfg.seed)

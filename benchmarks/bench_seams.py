@@ -5,7 +5,7 @@ network leaves a visible step along the patch borders. A step at a border is onl
 larger than what the same network draws at the same anatomy when no border lies there, so every
 healthy test volume is reconstructed twice: as it is, and moved by ``--shift`` pixels along the
 first in-plane axis (zero-filled; the brain has room there) and moved back afterwards, which puts
-the patch borders elsewhere. On the rows where the unmoved grid has a border:
+the patch borders elsewhere. On the rows where the unmoved grid has a box edge:
 
     seam excess = mean |step across the border|, unmoved / mean |step at the same pixels|, moved
 
@@ -15,6 +15,11 @@ same ratio for the input image (the anatomy moved and moved back: exactly 1 by c
 check of the bookkeeping).
 
     python benchmarks/bench_seams.py --root ROOT --checkpoint "pDDPM=RUN/best.pt" --checkpoint "DDPM=..."
+    python benchmarks/bench_seams.py --root ROOT --checkpoint "pDDPM=RUN/best.pt" \
+        --checkpoint "pDDPM blend=RUN/best.pt" --patch-grid "pDDPM blend=blend"
+
+``--patch-grid NAME=GRID`` evaluates checkpoint ``NAME`` with another patch grid (``blend``:
+half-stride boxes stitched with a Gaussian window); the borders are then that grid's box edges.
 """
 
 from __future__ import annotations
@@ -30,15 +35,15 @@ import torch
 from _common import cpu_model, load_average
 
 from pddpm_monai.data.datalist import read_split_csv, split_path
-from pddpm_monai.diffusion.patches import axis_starts
+from pddpm_monai.diffusion.patches import PatchGrid, axis_starts
 from pddpm_monai.evaluation.evaluate import EvaluationConfig, VolumeLoader
 from pddpm_monai.methods.checkpoint import load_scorer
 from pddpm_monai.utils import InputError
 
 
-def border_positions(size: int, patch: int) -> set[int]:
-    """Indices ``b`` (0 < b < size) where a patch edge lies between pixel ``b - 1`` and pixel ``b``."""
-    starts = axis_starts(size, patch)
+def border_positions(size: int, patch: int, grid: PatchGrid = "overlap") -> set[int]:
+    """Indices ``b`` (0 < b < size) where a box edge of ``grid`` lies between pixel ``b - 1`` and ``b``."""
+    starts = axis_starts(size, patch, grid)
     edges = set(starts) | {min(s + patch, size) for s in starts}
     return {b for b in edges if 0 < b < size}
 
@@ -53,9 +58,11 @@ def shift_rows(volume: np.ndarray, shift: int) -> np.ndarray:
     return moved
 
 
-def border_steps(volume: np.ndarray, valid: np.ndarray, patch: int) -> np.ndarray:
+def border_steps(
+    volume: np.ndarray, valid: np.ndarray, patch: int, grid: PatchGrid = "overlap"
+) -> np.ndarray:
     """|step| along axis 0 between rows ``b - 1`` and ``b`` at every patch border ``b``, valid pairs only."""
-    rows = sorted(border_positions(volume.shape[0], patch))
+    rows = sorted(border_positions(volume.shape[0], patch, grid))
     steps = np.abs(volume[rows] - volume[[b - 1 for b in rows]])
     pairs = valid[rows] & valid[[b - 1 for b in rows]]
     return steps[pairs]
@@ -67,6 +74,7 @@ def seam_excess(
     mask: np.ndarray,
     patch: int,
     shift: int,
+    grid: PatchGrid = "overlap",
 ) -> tuple[float, float]:
     """``(mean border step unmoved, mean step at the same pixels when moved by shift)`` of one volume.
 
@@ -76,6 +84,7 @@ def seam_excess(
         mask: ``(H, W, D)`` brain mask.
         patch: the square patch size whose grid defines the borders.
         shift: pixels the second reconstruction's input is moved along axis 0.
+        grid: the patch grid whose box edges are the borders.
     """
     if mask[: abs(shift)].any() or mask[mask.shape[0] - abs(shift) :].any():
         raise ValueError(
@@ -83,7 +92,8 @@ def seam_excess(
         )
     unmoved = reconstruct(image)
     moved = shift_rows(reconstruct(shift_rows(image, shift)), -shift)
-    return float(border_steps(unmoved, mask, patch).mean()), float(border_steps(moved, mask, patch).mean())
+    unmoved_step = float(border_steps(unmoved, mask, patch, grid).mean())
+    return unmoved_step, float(border_steps(moved, mask, patch, grid).mean())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,9 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="IXI_test", help="split CSV of healthy volumes")
     parser.add_argument("--patch-size", type=int, default=48, help="patch grid the borders come from")
     parser.add_argument("--shift", type=int, default=8, help="pixels the second input is moved (axis 0)")
+    parser.add_argument(
+        "--patch-grid", action="append", default=[], help="NAME=GRID: evaluate checkpoint NAME with GRID"
+    )
     args = parser.parse_args(argv)
     if any(not path for _, _, path in (spec.partition("=") for spec in args.checkpoint)):
         parser.error("--checkpoint takes NAME=PATH")
+    names = {spec.partition("=")[0] for spec in args.checkpoint}
+    args.grids = dict(spec.partition("=")[::2] for spec in args.patch_grid)
+    if any(name not in names or not grid for name, grid in args.grids.items()):
+        parser.error("--patch-grid takes NAME=GRID with the NAME of a --checkpoint")
     try:
         return _run(args)
     except (InputError, ValueError) as error:  # one line naming the file or the problem, exit 2
@@ -114,15 +131,21 @@ def _run(args: argparse.Namespace) -> int:
     )
     print("| method | border step, unmoved | same pixels, moved | seam excess | seconds |")
     print("|---|---|---|---|---|")
-    rows: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] = [("image (check)", lambda image: image)]
+    rows: list[tuple[str, Callable[[np.ndarray], np.ndarray], PatchGrid]] = [
+        ("image (check)", lambda image: image, "overlap")
+    ]
     for spec in args.checkpoint:
         name, _, path = spec.partition("=")
-        scorer = load_scorer(path, name=name)
-        rows.append((name, lambda image, scorer=scorer: scorer(torch.from_numpy(image[None]))[0].numpy()[0]))
-    for name, reconstruct in rows:
+        scorer = load_scorer(path, name=name, patch_grid=args.grids.get(name))
+        grid = getattr(scorer.method.config, "patch_grid", "overlap")
+        rows.append(
+            (name, lambda image, scorer=scorer: scorer(torch.from_numpy(image[None]))[0].numpy()[0], grid)
+        )
+    for name, reconstruct, grid in rows:
         start = time.perf_counter()
         pairs = [
-            seam_excess(reconstruct, image, mask, args.patch_size, args.shift) for image, mask in volumes
+            seam_excess(reconstruct, image, mask, args.patch_size, args.shift, grid)
+            for image, mask in volumes
         ]
         unmoved, moved = (float(np.mean(x)) for x in zip(*pairs))
         seconds = time.perf_counter() - start

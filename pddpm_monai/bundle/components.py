@@ -26,7 +26,7 @@ import SimpleITK as sitk
 import torch
 
 from pddpm_monai.data.prepare import parse_shard, run_preprocess
-from pddpm_monai.diffusion.patches import patch_masks
+from pddpm_monai.diffusion.patches import patch_masks, patch_weights
 from pddpm_monai.engines.handlers import LOGGER_NAME
 from pddpm_monai.evaluation.evaluate import evaluate_method
 from pddpm_monai.evaluation.table import write_table
@@ -99,6 +99,7 @@ def checkpoint_inferer(
     *,
     t_test: int | None = None,
     patch_size: int | None = None,
+    patch_grid: str | None = None,
     return_anomaly_map: bool = True,
     seed: int | None = 0,
     slice_batch: int = 50,
@@ -113,6 +114,7 @@ def checkpoint_inferer(
         path: the checkpoint (``models/model.pt``).
         t_test: test timestep (``None``: the checkpoint's).
         patch_size: patch size (pDDPM; ``None``: the checkpoint's).
+        patch_grid: patch grid (pDDPM; ``None``: the checkpoint's).
         return_anomaly_map: return ``|x - x_hat|`` (else the reconstruction).
         seed: seed of the test-time noise (the same scan always gets the same map).
         slice_batch: slices per batch of a volume.
@@ -121,7 +123,9 @@ def checkpoint_inferer(
     Raises:
         InputError: naming ``path`` for a missing/bad checkpoint or a method without diffusion inferer.
     """
-    method = inference_method(path, t_test=t_test, patch_size=patch_size, max_batch=max_batch)
+    method = inference_method(
+        path, t_test=t_test, patch_size=patch_size, patch_grid=patch_grid, max_batch=max_batch
+    )
     config = method.config
     common = dict(
         t_test=config.t_test,
@@ -150,6 +154,7 @@ def inference_network(
     spatial_size: Sequence[int] = MODEL_GRID,
     t_test: int | None = None,
     patch_size: int | None = None,
+    patch_grid: str | None = None,
     seed: int = 0,
     anomaly_map: bool = True,
 ) -> PatchedAnomalyUNet:
@@ -167,13 +172,14 @@ def inference_network(
         spatial_size: ``(H, W, D)`` of the model-grid volume (``D``: number of noise fields).
         t_test: test timestep (``None``: the checkpoint's).
         patch_size: patch size (pDDPM; ``None``: the checkpoint's).
+        patch_grid: patch grid (pDDPM; ``None``: the checkpoint's).
         seed: seed of the noise fields.
         anomaly_map: the one-tensor call returns ``|x - x_hat|`` (else the reconstruction).
 
     Raises:
         InputError: naming ``path`` for a missing/bad checkpoint or a method without a diffusion UNet.
     """
-    method = inference_method(path, t_test=t_test, patch_size=patch_size)
+    method = inference_method(path, t_test=t_test, patch_size=patch_size, patch_grid=patch_grid)
     name = method.name
     if name not in ("pddpm", "ddpm"):
         raise InputError(path, f"method {name!r} has no diffusion UNet for the bundle's network_def")
@@ -182,12 +188,14 @@ def inference_network(
     if name == "pddpm":
         size = int(config.patch_size)
         masks = patch_masks(height, width, size, size, grid=config.patch_grid)
+        weights = patch_weights(height, width, size, size, grid=config.patch_grid)
     else:  # plain DDPM: the whole slice is noised
-        masks = torch.ones(1, 1, height, width)
+        masks = weights = torch.ones(1, 1, height, width)
     generator = torch.Generator().manual_seed(int(seed))
     noise = process.noise_like(torch.zeros(depth, 1, height, width), generator=generator)
     net = PatchedAnomalyUNet(
         masks=masks,
+        weights=weights,
         noise=noise,
         t_index=config.t_test - 1,
         alpha_bar=float(process.alphas_cumprod[config.t_test - 1]),

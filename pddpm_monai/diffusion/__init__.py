@@ -8,11 +8,13 @@ from pddpm_monai.diffusion.noise import (
     simplex_noise_reference,
 )
 from pddpm_monai.diffusion.patches import (
+    PATCH_GRIDS,
     PatchGrid,
     PatchSampling,
     boxes_to_masks,
     patch_grid,
     patch_masks,
+    patch_weights,
     sample_patch_boxes,
     sample_patch_masks,
 )
@@ -25,6 +27,7 @@ from pddpm_monai.diffusion.process import (
 )
 
 __all__ = [
+    "PATCH_GRIDS",
     "DiffusionConfig",
     "DiffusionProcess",
     "NoiseType",
@@ -38,6 +41,7 @@ __all__ = [
     "patch_grid",
     "patch_l1_loss",
     "patch_masks",
+    "patch_weights",
     "sample_patch_boxes",
     "sample_patch_masks",
     "simplex_noise_like",

@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from pddpm_monai.diffusion.patches import PATCH_GRIDS
 from pddpm_monai.engines.trainer import TrainConfig, train
 from pddpm_monai.methods import METHODS
 from pddpm_monai.methods.config import config_to_dict
@@ -52,8 +53,9 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     option("--sampling", choices=("fixed", "random"), help="training patch positions (default {default})")
     option(
         "--patch-grid",
-        choices=("overlap", "tile"),
-        help="patch grid when the patch does not divide 96 (default {default}; tile: the authors')",
+        choices=PATCH_GRIDS,
+        help="patch grid (default {default}; tile: the authors' when the patch does not divide 96; "
+        "blend: half-stride boxes, Gaussian-weighted, usually an inference option)",
     )
     option("--loss", choices=("patch", "full"), help="L_p (patch) or L_rec (full) (default {default})")
     option(

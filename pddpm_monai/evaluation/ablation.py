@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from pddpm_monai.data.adapters import DATASETS
+from pddpm_monai.diffusion.patches import PATCH_GRIDS
 from pddpm_monai.evaluation.evaluate import EvaluationConfig, VolumeLoader, evaluate_method, write_csv
 from pddpm_monai.methods.checkpoint import load_scorer, read_checkpoint
 from pddpm_monai.methods.scorers import AnomalyScorer
@@ -360,8 +361,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     p.add_argument(
         "--patch-grid",
-        choices=("overlap", "tile"),
-        help="patch grid (default: the checkpoint's; tile = the authors' BoxSampler, as in their Fig. 3)",
+        choices=PATCH_GRIDS,
+        help="patch grid (default: the checkpoint's; tile = the authors' BoxSampler, as in their Fig. 3; "
+        "blend = half-stride boxes, Gaussian-weighted: no seams)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_ablate)

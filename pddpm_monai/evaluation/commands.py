@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pddpm_monai.diffusion.patches import PATCH_GRIDS
 from pddpm_monai.utils import InputError
 
 #: methods that need no checkpoint
@@ -79,8 +80,19 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise InputError("--fold", f"{len(checkpoints)} checkpoint(s) but {len(folds)} fold number(s)")
     loader = VolumeLoader(config, cache=len(checkpoints) > 1)  # folds score the same test volumes
     for checkpoint, fold in zip(checkpoints, folds):
-        scorer = load_scorer(checkpoint, t_test=args.t_test, patch_size=args.patch_size, device=args.device)
-        extra = {"checkpoint": str(checkpoint), "t_test": args.t_test, "patch_size": args.patch_size}
+        scorer = load_scorer(
+            checkpoint,
+            t_test=args.t_test,
+            patch_size=args.patch_size,
+            patch_grid=args.patch_grid,
+            device=args.device,
+        )
+        extra = {
+            "checkpoint": str(checkpoint),
+            "t_test": args.t_test,
+            "patch_size": args.patch_size,
+            "patch_grid": args.patch_grid,
+        }
         run = evaluate_method(
             scorer, args.data_root, args.out, fold=fold, config=config, extra=extra, loader=loader
         )
@@ -125,6 +137,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fold", nargs="+", type=int, help="fold number of each checkpoint (default 0, 1, ...)")
     p.add_argument("--t-test", type=int, default=None, help="test timestep (default: the checkpoint's)")
     p.add_argument("--patch-size", type=int, default=None, help="patch size (default: the checkpoint's)")
+    p.add_argument(
+        "--patch-grid",
+        choices=PATCH_GRIDS,
+        default=None,
+        help="patch grid (pddpm; default: the checkpoint's; blend: half-stride boxes, Gaussian-weighted)",
+    )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     p.add_argument(
         "--grid", choices=("model", "full"), default="model", help="evaluation grid (default model)"

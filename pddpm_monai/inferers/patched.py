@@ -3,8 +3,9 @@
 For clean slices ``x_0`` the whole slice is noised once at ``t = t_test - 1`` (``t_test = 500`` in
 the paper is index 499); for each of the ``K`` grid positions the partly noised copy
 ``x_t * M_k + x_0 * (1 - M_k)`` (Eq. 3) goes through the network, the patch region of the
-``x_0`` prediction is kept, overlaps are averaged, and the stitched image is the reconstruction;
-the anomaly map is ``|x_0 - x^_0|``.
+``x_0`` prediction is kept, overlaps are averaged (weighted by a Gaussian window for the
+``"blend"`` grid, see :mod:`pddpm_monai.diffusion.patches`), and the stitched image is the
+reconstruction; the anomaly map is ``|x_0 - x^_0|``.
 
 Noise: one field per slice, shared by all ``K`` positions of that slice, as in the authors' code
 (they draw the noise once before their loop over positions; unlike them, every slice gets its own
@@ -27,7 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from pddpm_monai.diffusion.patches import PatchGrid, patch_masks
+from pddpm_monai.diffusion.patches import PatchGrid, patch_masks, patch_weights
 from pddpm_monai.diffusion.process import DiffusionProcess
 from pddpm_monai.inferers.precision import Precision, precision_network
 from pddpm_monai.inferers.reconstruction import (
@@ -60,9 +61,9 @@ def _accumulation_dtype(x: Tensor) -> torch.dtype:
 
 
 def _batched(
-    network: Network, x0: Tensor, x_t: Tensor, masks: Tensor, t_index: int, max_batch: int
+    network: Network, x0: Tensor, x_t: Tensor, masks: Tensor, weights: Tensor, t_index: int, max_batch: int
 ) -> Tensor:
-    """Sum over positions of ``M_k * network(x~_t^k)``, all ``B * K`` copies in chunks."""
+    """Sum over positions of ``w_k * network(x~_t^k)``, all ``B * K`` copies in chunks."""
     batch, num_pos = x0.shape[0], masks.shape[0]
     total = torch.zeros(x0.shape, device=x0.device, dtype=_accumulation_dtype(x0))
     for start in range(0, batch * num_pos, max_batch):
@@ -70,20 +71,20 @@ def _batched(
         sample, pos = index // num_pos, index % num_pos
         mask = masks[pos]
         noised = x_t[sample] * mask + x0[sample] * (1 - mask)
-        total.index_add_(0, sample, run_network(network, noised, t_index) * mask)
+        total.index_add_(0, sample, run_network(network, noised, t_index) * weights[pos])
     return total
 
 
 def _sequential(
-    network: Network, x0: Tensor, x_t: Tensor, masks: Tensor, t_index: int, max_batch: int
+    network: Network, x0: Tensor, x_t: Tensor, masks: Tensor, weights: Tensor, t_index: int, max_batch: int
 ) -> Tensor:
     """The same sum, one position at a time (the authors' loop), slices in chunks of ``max_batch``."""
     total = torch.zeros(x0.shape, device=x0.device, dtype=_accumulation_dtype(x0))
-    for mask in masks:
+    for mask, weight in zip(masks, weights, strict=True):
         for start in range(0, x0.shape[0], max_batch):
             part = slice(start, start + max_batch)
             noised = x_t[part] * mask + x0[part] * (1 - mask)
-            total[part] += run_network(network, noised, t_index) * mask
+            total[part] += run_network(network, noised, t_index) * weight
     return total
 
 
@@ -114,14 +115,14 @@ def patched_reconstruction(
         generator: generator for the noise (reproducible output).
         mode: ``"batched"`` (all positions in one batch) or ``"sequential"`` (one at a time).
         noise: a given noise field per slice ``(B, C, H, W)`` instead of drawing one.
-        grid: ``"overlap"`` (default) or ``"tile"`` (the authors' grid; see
-            :func:`~pddpm_monai.diffusion.patches.patch_grid`).
+        grid: ``"overlap"`` (default), ``"tile"`` (the authors' grid) or ``"blend"`` (half-stride
+            boxes, Gaussian-weighted: no seams); see :mod:`pddpm_monai.diffusion.patches`.
         precision: ``"fp32"`` (the reference), ``"bf16"`` or ``"auto"`` (fp32, channels-last on
             the CPU); ``None``: the process default (see :mod:`pddpm_monai.inferers.precision`).
 
     Returns:
         the reconstruction ``(B, C, H, W)`` in the data range, float32 (float64 for float64
-        inputs); overlaps averaged.
+        inputs); overlaps averaged (Gaussian-weighted for ``"blend"``).
 
     Raises:
         ValueError: for a non-4-D input, a ``t_test`` outside ``1..T``, a patch larger than the
@@ -135,10 +136,11 @@ def patched_reconstruction(
     if mode not in ("batched", "sequential"):
         raise ValueError(f"mode must be 'batched' or 'sequential', got {mode!r}.")
     masks = patch_masks(height, width, *patch, device=inputs.device, dtype=inputs.dtype, grid=grid)
+    weights = patch_weights(height, width, *patch, device=inputs.device, dtype=inputs.dtype, grid=grid)
     network = precision_network(network, precision, inputs.device)
     run = _batched if mode == "batched" else _sequential
-    total = run(network, x0, x_t, masks, t_index, max_batch)
-    coverage = masks.float().sum(dim=0)  # (1, H, W): how many patches cover each pixel (>= 1)
+    total = run(network, x0, x_t, masks, weights, t_index, max_batch)
+    coverage = weights.float().sum(dim=0)  # (1, H, W): the patches' total weight per pixel (> 0)
     return process.from_model_space(total / coverage)
 
 
@@ -150,7 +152,7 @@ class PatchedDiffusionInferer(SliceDiffusionInferer):
             :class:`~pddpm_monai.inferers.reconstruction.SliceDiffusionInferer`.
         patch_size: patch size (int or ``(h, w)``).
         mode: ``"batched"`` or ``"sequential"`` (see :func:`patched_reconstruction`).
-        grid: ``"overlap"`` (default) or ``"tile"`` (the authors' grid).
+        grid: ``"overlap"`` (default), ``"tile"`` (the authors' grid) or ``"blend"``.
         precision: ``"fp32"``, ``"bf16"``, ``"auto"`` or ``None`` (the process default, read at
             each call; see :mod:`pddpm_monai.inferers.precision`).
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from pddpm_monai.diffusion.patches import PatchGrid, sample_patch_masks
+from pddpm_monai.diffusion.patches import PATCH_GRIDS, PatchGrid, sample_patch_masks
 from pddpm_monai.diffusion.process import (
     DiffusionConfig,
     DiffusionProcess,
@@ -97,7 +97,11 @@ class PDDPMConfig(DDPMConfig):
         sampling: ``"fixed"``: a grid position per training sample; ``"random"``: any box inside.
         patch_grid: ``"overlap"`` (default: equal-size boxes spread evenly, overlaps averaged) or
             ``"tile"`` (the authors' BoxSampler: no overlap, last box truncated); they differ only
-            when the patch size does not divide the slice (see ``diffusion.patches``).
+            when the patch size does not divide the slice. ``"blend"`` (beyond the authors): boxes
+            at half the stride, stitched with a Gaussian window, which removes the patch seams at
+            2.25x the inference cost; usually set at inference only (``--patch-grid blend``), but
+            a training with it draws ``"fixed"`` boxes from its denser grid (see
+            ``diffusion.patches``).
         loss: ``"patch"``: ``L_p`` (error inside the patch only); ``"full"``: ``L_rec``.
         loss_reduction: normalisation of ``L_p`` (``"image"``: the authors' mean over all pixels).
     """
@@ -110,7 +114,7 @@ class PDDPMConfig(DDPMConfig):
 
     def __post_init__(self) -> None:
         _check_choice("sampling", self.sampling, ("fixed", "random"))
-        _check_choice("patch_grid", self.patch_grid, ("overlap", "tile"))
+        _check_choice("patch_grid", self.patch_grid, PATCH_GRIDS)
         _check_choice("loss", self.loss, ("patch", "full"))
         super().__post_init__()
         if self.patch_size < 1:

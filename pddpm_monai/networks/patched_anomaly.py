@@ -40,6 +40,9 @@ class PatchedAnomalyUNet(DiffusionUNet):
     Args:
         masks: ``(K, 1, H, W)`` binary masks of the grid positions
             (:func:`~pddpm_monai.diffusion.patches.patch_masks`; one mask of ones for plain DDPM).
+        weights: ``(K, 1, H, W)`` stitching weights
+            (:func:`~pddpm_monai.diffusion.patches.patch_weights`; ``None``: the masks, a plain
+            average of overlaps).
         noise: ``(N, 1, H, W)`` noise fields; slice ``j`` of a volume uses field ``j % N``.
         t_index: the network's timestep index (``t_test - 1``).
         alpha_bar: ``abar`` at ``t_index`` (the schedule's cumulative product).
@@ -68,6 +71,7 @@ class PatchedAnomalyUNet(DiffusionUNet):
         alpha_bar: float,
         rescale: bool = True,
         anomaly_map: bool = True,
+        weights: Tensor | None = None,
         **unet_kwargs: Any,
     ) -> None:
         super().__init__(**unet_kwargs)
@@ -78,12 +82,18 @@ class PatchedAnomalyUNet(DiffusionUNet):
         if not 0.0 < float(alpha_bar) <= 1.0:
             raise ValueError(f"alpha_bar must be in (0, 1], got {alpha_bar}.")
         masks = masks.detach().float()
-        coverage = masks.sum(dim=0)
+        weights = masks if weights is None else weights.detach().float()
+        if weights.shape != masks.shape or bool((weights < 0).any()):
+            raise ValueError(
+                f"weights must be non-negative with the masks' shape, got {tuple(weights.shape)}."
+            )
+        coverage = weights.sum(dim=0)
         if bool((coverage == 0).any()):
             raise ValueError("the masks must cover every pixel.")
         abar = torch.tensor(float(alpha_bar), dtype=torch.float32)
         # non-persistent: the state_dict stays the UNet's (models/model.pt loads strictly)
         self.register_buffer("masks", masks, persistent=False)
+        self.register_buffer("weights", weights, persistent=False)
         self.register_buffer("coverage", coverage, persistent=False)
         self.register_buffer("noise", noise.detach().float(), persistent=False)
         # the scheduler's arithmetic (DDPMScheduler.add_noise in float32)
@@ -129,7 +139,7 @@ class PatchedAnomalyUNet(DiffusionUNet):
         for k in range(self.masks.shape[0]):
             mask = self.masks[k]
             noised = x_t * mask + x0 * (1 - mask)
-            total = total + self.predict_x0(noised, timesteps).float() * mask
+            total = total + self.predict_x0(noised, timesteps).float() * self.weights[k]
         reconstruction = total / self.coverage
         if self.rescale:
             reconstruction = (reconstruction + 1) / 2

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from pddpm_monai.data.commands import add_preprocess_options, preprocess_config
+from pddpm_monai.diffusion.patches import PATCH_GRIDS
 from pddpm_monai.pipeline.demo import DemoConfig, run_demo
 from pddpm_monai.pipeline.detect import DetectConfig, bundle_atlas, bundle_checkpoint, detect_scan
 from pddpm_monai.transforms.atlas import resolve_atlas
@@ -65,6 +66,11 @@ def _add_detect(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--t-test", type=int, help="test timestep (default: the checkpoint's)")
     p.add_argument("--patch-size", type=int, help="patch size (pddpm; default: the checkpoint's)")
+    p.add_argument(
+        "--patch-grid",
+        choices=PATCH_GRIDS,
+        help="patch grid (pddpm; default: the checkpoint's; blend: half-stride boxes, Gaussian-weighted)",
+    )
     add_preprocess_options(
         p,
         bias_help="bias correction of the chain: the one the model's data root was preprocessed with "
@@ -76,7 +82,7 @@ def _add_detect(subparsers: argparse._SubParsersAction) -> None:
 
 def detect_config_from_args(args: argparse.Namespace) -> DetectConfig:
     """The :class:`~pddpm_monai.pipeline.detect.DetectConfig` that ``pddpm detect`` options describe."""
-    given = {k: getattr(args, k) for k in ("dataset", "device", "t_test", "patch_size")}
+    given = {k: getattr(args, k) for k in ("dataset", "device", "t_test", "patch_size", "patch_grid")}
     return dataclasses.replace(
         DEFAULTS,
         skull_stripped=args.skull_stripped,

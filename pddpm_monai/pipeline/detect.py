@@ -104,6 +104,8 @@ class DetectConfig:
         device: where HD-BET and the network run (``"cpu"`` or ``"cuda"``).
         t_test: test timestep instead of the checkpoint's (``None``: keep it).
         patch_size: patch size instead of the checkpoint's (pDDPM; ``None``: keep it).
+        patch_grid: patch grid instead of the checkpoint's (pDDPM; ``None``: keep it; ``"blend"``:
+            half-stride boxes, Gaussian-weighted, no seams).
         seed: seed of the test-time noise (the same scan always gets the same map).
         slice_batch: axial slices per network batch.
         smooth: apply the loader's CurvatureFlow, as in training and evaluation.
@@ -121,6 +123,7 @@ class DetectConfig:
     device: Device = "cpu"
     t_test: int | None = None
     patch_size: int | None = None
+    patch_grid: str | None = None
     seed: int = 0
     slice_batch: int = 50
     smooth: bool = True
@@ -265,6 +268,7 @@ def _load_scorer(checkpoint: Path, config: DetectConfig) -> Any:
         checkpoint,
         t_test=config.t_test,
         patch_size=config.patch_size,
+        patch_grid=config.patch_grid,
         device=config.device,
         slice_batch=config.slice_batch,
         seed=config.seed,
@@ -315,6 +319,7 @@ def _model_summary(scorer: Any, checkpoint: Path) -> dict[str, Any]:
         "checkpoint": str(checkpoint),
         "t_test": getattr(cfg, "t_test", None),
         "patch_size": getattr(cfg, "patch_size", None),
+        "patch_grid": getattr(cfg, "patch_grid", None),
         "config": scorer.method.config_dict(),
     }
 

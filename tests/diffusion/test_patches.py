@@ -11,6 +11,7 @@ from pddpm_monai.diffusion.patches import (
     boxes_to_masks,
     patch_grid,
     patch_masks,
+    patch_weights,
     sample_patch_boxes,
     sample_patch_masks,
 )
@@ -120,3 +121,29 @@ def test_tile_grid_is_the_authors_boxsampler():
     assert {tuple(b) for b in boxes.tolist()} == {(0, 0), (0, 60), (60, 0), (60, 60)}
     with pytest.raises(ValueError, match="grid"):
         patch_grid(96, 96, 60, 60, "sliding")  # type: ignore[arg-type]
+
+
+def test_blend_grid_has_half_the_stride_and_gaussian_weights():
+    """96/48: 3 x 3 full-size boxes at 0, 24, 48; each weighted by a Gaussian of sigma 48 / 8."""
+    assert axis_starts(96, 48, "blend") == [0, 24, 48]
+    assert axis_starts(96, 60, "blend") == [0, 18, 36]
+    assert axis_starts(96, 32, "blend") == [0, 16, 32, 48, 64]
+    assert axis_starts(48, 48, "blend") == [0]
+    assert len(patch_grid(96, 96, 48, 48, "blend")) == 9
+    masks = patch_masks(96, 96, 48, 48, grid="blend")
+    weights = patch_weights(96, 96, 48, 48, grid="blend")
+    assert weights.shape == masks.shape == (9, 1, 96, 96)
+    assert torch.equal(weights * masks, weights) and bool((weights[masks > 0] > 0).all())
+    # box 4 (24..72 on both axes) carries an independent separable Gaussian: centre 23.5, sigma 6
+    box = weights[4, 0, 24:72, 24:72].double()
+    gauss = torch.exp(-((torch.arange(48, dtype=torch.float64) - 23.5) ** 2) / (2 * 6.0**2))
+    reference = gauss[:, None] * gauss[None, :]
+    assert (box / box.max() - reference).abs().max() < 0.01  # MONAI floors the map at 0.001
+    assert float(box[0, 24] / box.max()) < 0.002  # ~0 at the box edge: no step where a box ends
+    # the other grids weight by their binary masks (a plain average, as before)
+    for grid in ("overlap", "tile"):
+        assert torch.equal(patch_weights(96, 96, 60, 60, grid=grid), patch_masks(96, 96, 60, 60, grid=grid))
+    boxes = sample_patch_boxes(
+        400, 96, 96, 48, 48, sampling="fixed", generator=torch.Generator().manual_seed(0), grid="blend"
+    )
+    assert {tuple(b) for b in boxes.tolist()} == set(patch_grid(96, 96, 48, 48, "blend"))

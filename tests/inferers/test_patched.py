@@ -154,3 +154,32 @@ def test_bad_arguments():
         patched_reconstruction(torch.rand(1, 1, 16, 16), identity, process, patch_size=8, mode="loop")
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         PatchedDiffusionInferer(process, patch_size=8)(torch.rand(16, 16), identity)
+
+
+def _offset_by_position(x, t):
+    """A network whose prediction is 1 + (row of the noised box's centre) / 96 over the whole slice:
+    every position predicts its own brightness, as separately reconstructed patches do."""
+    noised = (x < 0.999).to(x.dtype)  # clean pixels are 1, noised ones sqrt(abar) < 1 (zero noise)
+    rows = torch.arange(x.shape[-2], dtype=x.dtype).view(1, 1, -1, 1)
+    centre = (noised * rows).sum(dim=(1, 2, 3)) / noised.sum(dim=(1, 2, 3))
+    return torch.ones_like(x) + (centre / x.shape[-2]).view(-1, 1, 1, 1)
+
+
+def test_blend_grid_removes_the_step_at_the_patch_border():
+    """The default grid stitches a step of 0.5 at row 48; the blend grid goes from the first to the
+    last patch's value smoothly, in steps of at most a tenth of that."""
+    process = DiffusionProcess(DiffusionConfig(rescale_to_minus_one_one=False))
+    inputs, noise = torch.ones(2, 1, 96, 96), torch.zeros(2, 1, 96, 96)
+    steps = {}
+    for grid in ("overlap", "blend"):
+        for mode in ("batched", "sequential"):
+            out = patched_reconstruction(
+                inputs, _offset_by_position, process, patch_size=48, noise=noise, grid=grid, mode=mode
+            )[0, 0, :, 40]
+            assert float(out[0]) == pytest.approx(1 + 23.5 / 96, abs=1e-4)  # only the first box here
+            assert float(out[-1]) == pytest.approx(1 + 71.5 / 96, abs=1e-4)
+            assert bool((out.diff() >= -1e-6).all())  # monotone: the same total rise of 0.5
+            steps[grid, mode] = float(out.diff().max())
+    assert steps["overlap", "batched"] == pytest.approx(0.5, abs=1e-5)
+    assert steps["blend", "batched"] < 0.05
+    assert steps["blend", "sequential"] == pytest.approx(steps["blend", "batched"], abs=1e-6)

@@ -139,3 +139,34 @@ def test_new_checkpoints_record_schedule_and_noise_amplitude(saved):
     _, _, path = saved
     diffusion = torch.load(path, weights_only=True)["config"]["diffusion"]
     assert diffusion["schedule"] == "cosine" and diffusion["simplex"]["standardize"] is False
+
+
+def test_patch_grid_is_an_inference_option_of_pddpm_only(saved, tmp_path, capsys):
+    """``--patch-grid blend`` at inference: a checkpoint trained on the default grid is scored on the
+    blend grid (its result differs from the trained grid's); DDPM has no patch grid."""
+    method, _, path = saved
+    assert method.config.patch_grid == "overlap"
+    blend = load_scorer(path, patch_grid="blend")
+    assert blend.method.config.patch_grid == "blend" and blend.method.inferer.grid == "blend"
+    volume = torch.rand(1, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(1))
+    trained, _ = load_scorer(path)(volume)
+    blended, _ = blend(volume)
+    assert blended.shape == trained.shape and not torch.allclose(blended, trained)
+    ddpm_path = save_method_checkpoint(tmp_path / "ddpm.pt", tiny("ddpm"))
+    with pytest.raises(InputError, match="patch_grid does not apply to method 'ddpm'"):
+        load_scorer(ddpm_path, patch_grid="blend")
+    from pddpm_monai.cli import build_parser
+    from pddpm_monai.pipeline.commands import detect_config_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(
+        ["evaluate", "--checkpoint", str(path), "--data-root", ".", "--out", "o", "--patch-grid", "blend"]
+    )
+    assert args.patch_grid == "blend"
+    args = parser.parse_args(
+        ["detect", "scan.nii.gz", "--checkpoint", str(path), "--out", "o", "--patch-grid", "blend"]
+    )
+    assert detect_config_from_args(args).patch_grid == "blend"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["evaluate", "--data-root", ".", "--out", "o", "--patch-grid", "sliding"])
+    assert "invalid choice: 'sliding'" in capsys.readouterr().err

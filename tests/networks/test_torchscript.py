@@ -94,6 +94,7 @@ def _checkpoint(tmp_path: Path, method: str, **options) -> Path:
     [
         ("pddpm", {"patch_size": 20, "t_test": 300}),  # overlapping grid (20 does not divide 32)
         ("pddpm", {"patch_size": 20, "t_test": 500, "patch_grid": "tile"}),  # truncated last box
+        ("pddpm", {"patch_size": 16, "t_test": 400, "patch_grid": "blend"}),  # Gaussian-weighted
         ("ddpm", {"t_test": 200}),
     ],
 )
