@@ -41,6 +41,8 @@ import torch
 from monai.data.utils import compute_importance_map
 from torch import Tensor
 
+from pddpm_monai.names import PATCH_GRIDS
+
 __all__ = [
     "PATCH_GRIDS",
     "PatchGrid",
@@ -56,7 +58,6 @@ __all__ = [
 
 PatchSampling = Literal["fixed", "random"]
 PatchGrid = Literal["overlap", "tile", "blend"]
-PATCH_GRIDS: tuple[str, ...] = ("overlap", "tile", "blend")
 
 
 def axis_starts(size: int, patch: int, grid: PatchGrid = "overlap") -> list[int]:

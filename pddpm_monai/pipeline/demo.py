@@ -95,6 +95,10 @@ class DemoConfig:
         skip_empty_slices: draw training slices with brain only (the few iterations go to anatomy).
         val_slices_per_volume: validation slices per volume.
         thresh_baseline: also evaluate the Thresh baseline (no training).
+        pddpm_grids: patch grids on which the trained pDDPM is also scored, each a row of its own
+            (``pddpm_<grid>``; no extra training). ``"blend"``: half-stride boxes stitched with a
+            Gaussian window, reconstructions without patch seams (``diffusion.patches``); the
+            ``pDDPM`` row is the authors' grid.
         permutation_rounds: rounds of the permutation tests of the table.
         log_interval: log the training loss every N iterations (TensorBoard, report curves).
         detect: run ``pddpm detect`` on one raw test scan (needs ``raw``).
@@ -119,6 +123,7 @@ class DemoConfig:
     skip_empty_slices: bool = True
     val_slices_per_volume: int = 10
     thresh_baseline: bool = True
+    pddpm_grids: tuple[str, ...] = ("blend",)
     permutation_rounds: int = 1000
     log_interval: int = 5
     detect: bool = True
@@ -197,7 +202,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "splits": (),
     "train": ("methods", "method_options", "epochs", "batch_size", "lr", "slices_per_volume",
               "val_slices_per_volume", "log_interval", "device"),
-    "evaluate": ("thresh_baseline",),
+    "evaluate": ("thresh_baseline", "pddpm_grids"),
     "table": ("permutation_rounds",),
     "detect": ("detect",),
     "report": (),
@@ -332,13 +337,18 @@ def _stage_evaluate(paths: DemoPaths, config: DemoConfig) -> str:
     scorers: list[tuple[Any, dict[str, Any]]] = []
     for method in demo_methods(config)[0]:
         checkpoint = _checkpoint(paths, method)
-        scorers.append((load_scorer(checkpoint, device=device), {"checkpoint": str(checkpoint)}))
+        extra = {"checkpoint": str(checkpoint)}
+        scorers.append((load_scorer(checkpoint, device=device), extra))
+        if method == "pddpm":  # the same network on other patch grids
+            for grid in config.pddpm_grids:
+                scorer = load_scorer(checkpoint, device=device, name=f"pddpm_{grid}", patch_grid=grid)
+                scorers.append((scorer, {**extra, "patch_grid": grid}))
     if config.thresh_baseline:
         scorers.append((ThreshScorer(), {}))
-    for index, (scorer, extra) in enumerate(scorers):
+    for scorer, extra in scorers:
         _say(f"evaluating {method_label(scorer.name)}")
-        # overlays (best/median/worst) for the first method (pDDPM), the one the report shows
-        config_i = dataclasses.replace(eval_config, figures=index == 0)
+        # overlays (best/median/worst) for the pDDPM rows, the ones the report shows
+        config_i = dataclasses.replace(eval_config, figures=scorer.name.startswith("pddpm"))
         evaluate_method(
             scorer, paths.data_root, paths.results, fold=0, config=config_i, extra=extra, loader=loader
         )
@@ -403,7 +413,9 @@ def _stage_detect(paths: DemoPaths, config: DemoConfig) -> str:
 def _stage_report(paths: DemoPaths, config: DemoConfig) -> str:
     from pddpm_monai.pipeline.report import build_demo_report
 
-    written = build_demo_report(paths, demo_methods(config)[0], _read_json(paths.stages))
+    methods = demo_methods(config)[0]
+    rows = [f"pddpm_{grid}" for grid in config.pddpm_grids] if "pddpm" in methods else []
+    written = build_demo_report(paths, methods, _read_json(paths.stages), scored=rows)
     return ", ".join(str(p) for p in written.values())
 
 

@@ -270,7 +270,9 @@ def write_report(
 DEMO_DISCLAIMER = (
     "Synthetic cohort, small networks trained for minutes on the CPU, one fold: the numbers show "
     "that the pipeline runs end to end, not the paper's results (Table 1 of Behrendt et al. needs "
-    "IXI/BraTS21/MSLUB, the full networks and 5 folds: see the README)."
+    "IXI/BraTS21/MSLUB, the full networks and 5 folds: see the README). `pDDPM` is scored on the "
+    "authors' patch grid; `pDDPM blend` is the same network on the blend grid (half-stride patches "
+    "stitched with a Gaussian window: no seams along the patch borders; `--patch-grid blend`)."
 )
 
 
@@ -282,13 +284,16 @@ def _existing(paths: Sequence[Path], out: Path) -> list[str]:
     return [_rel(p, out) for p in paths if p.is_file()]
 
 
-def build_demo_report(paths: Any, methods: Sequence[str], stages: Mapping[str, Any]) -> dict[str, Path]:
+def build_demo_report(
+    paths: Any, methods: Sequence[str], stages: Mapping[str, Any], scored: Sequence[str] = ()
+) -> dict[str, Path]:
     """The demo's ``report.md`` / ``report.html`` from the files its stages wrote.
 
     Args:
         paths: the demo's :class:`~pddpm_monai.pipeline.demo.DemoPaths`.
         methods: the trained methods (their runs and results folders).
         stages: the content of ``stages.json`` (timings and notes per stage).
+        scored: further results folders with overlays (``pddpm_blend``: pDDPM on another grid).
 
     Returns:
         ``name -> path`` of the written report files (and the training-curves PNG).
@@ -299,7 +304,7 @@ def build_demo_report(paths: Any, methods: Sequence[str], stages: Mapping[str, A
     datasets = ("brats21", "mslub")
     overlays = [
         results / method / "fold0" / "figures" / f"overlay_{d}_{w}.png"
-        for method in [*methods, "Thresh"]
+        for method in [*methods, *scored, "Thresh"]
         for d in datasets
         for w in ("best", "median", "worst")
     ]

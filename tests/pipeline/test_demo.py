@@ -34,7 +34,7 @@ def test_quick_demo_runs_every_stage_and_reports(quick_demo):
     stages = json.loads((out / "stages.json").read_text(encoding="utf-8"))
     assert list(stages) == list(STAGES)
     table_md = (out / "results" / "table.md").read_text(encoding="utf-8")
-    methods = ["pddpm", "Thresh"]
+    methods = ["pddpm", "pddpm_blend", "Thresh"]  # pddpm_blend: the same network on the blend grid
     for method in methods:
         assert (out / "results" / method / "fold0" / "metrics.csv").is_file(), method
     # the table's BraTS21 Dice is the mean per-volume test Dice of metrics.csv (an independent reading)
@@ -48,6 +48,10 @@ def test_quick_demo_runs_every_stage_and_reports(quick_demo):
     assert "tensorboard --logdir" in report
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
     assert any("training_curves" in i for i in images) and any("overlay_brats21" in i for i in images)
+    assert any("pddpm_blend/fold0/figures/overlay_brats21" in i for i in images)
+    blend = pd.read_csv(out / "results" / "pddpm_blend" / "fold0" / "metrics.csv")
+    authors = pd.read_csv(out / "results" / "pddpm" / "fold0" / "metrics.csv")
+    assert not blend["dice"].equals(authors["dice"]) or not blend["l1"].equals(authors["l1"])
     assert all((out / i).is_file() for i in images), "the report links a missing image"
     assert "<table>" in (out / "report.html").read_text(encoding="utf-8")
 
