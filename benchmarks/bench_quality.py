@@ -13,6 +13,7 @@ Usage::
     python benchmarks/bench_quality.py --out /tmp/bench_quality --quick    # smoke check
     python benchmarks/bench_quality.py --device cuda --scale 4 --folds 3  # larger, with ± std over folds (GPU)
     python benchmarks/bench_quality.py --out /tmp/bench_quality --extra-grid blend  # + the main pDDPM on the blend grid
+    python benchmarks/bench_quality.py --out /tmp/bq_seed1 --root /tmp/bench_quality/root --train-seed 1  # same cohort, other training seed
 
 The paper's expected ordering (Dice and AUPRC): pDDPM (fixed + L_p) > DDPM > AE > Thresh. Hyper-
 parameters are the methods' defaults (t_test 500, patch 48, beta 0.001, ...); only the network
@@ -78,6 +79,7 @@ class BenchConfig:
     ablation: bool = True
     workers: int = 2
     seed: int = 0
+    train_seed: int | None = None
 
 
 QUICK = BenchConfig(
@@ -167,7 +169,7 @@ def run(cfg: BenchConfig, out: Path, device: str, root: Path | None = None) -> d
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         device=device,
-        seed=cfg.seed,
+        seed=cfg.seed if cfg.train_seed is None else cfg.train_seed,
         slices_per_volume=cfg.slices_per_volume,
         skip_empty_slices=True,
         val_slices_per_volume=4,
@@ -256,6 +258,9 @@ def main() -> None:
         "--variants", action="store_true", help="also the pDDPM variants (random sampling, L_rec)"
     )
     parser.add_argument("--root", type=Path, default=None, help="an existing synthetic data root to reuse")
+    parser.add_argument(
+        "--train-seed", type=int, default=None, help="seed of the training runs (default: the cohort's, 0)"
+    )
     parser.add_argument("--folds", type=int, default=None, help="train/evaluate folds 0..N-1 (± std)")
     parser.add_argument("--workers", type=int, default=None, help="processes for the cohort and the cache")
     parser.add_argument(
@@ -290,7 +295,7 @@ def main() -> None:
             iterations=cfg.iterations * s, unet_channels=cfg.unet_channels * 2,
             ae_channels=tuple(c * 2 for c in cfg.ae_channels),
         )  # fmt: skip
-    given = {k: getattr(args, k) for k in ("iterations", "folds", "workers", "max_minutes")}
+    given = {k: getattr(args, k) for k in ("iterations", "folds", "workers", "max_minutes", "train_seed")}
     cfg = replace(
         cfg,
         **{k: v for k, v in given.items() if v is not None},
