@@ -1,97 +1,61 @@
 """Spread of ``bench_quality.py`` over training seeds: how far an ordering moves for no method reason.
 
 Reads several ``bench_quality.py`` output folders that scored the same cohort with different
-``--train-seed`` values, and prints, per method, the mean +- sample std over the runs of each
-column of ``table.csv`` and how often each method ranks first on BraTS21-like Dice. Then it pairs
-every two methods on the seed-averaged per-volume Dice (each volume's Dice averaged over the runs,
-then :func:`~pddpm_monai.evaluation.stats.paired_permutation_test` over the volumes, the paper's
-test).
+``--train-seed`` values and treats each run as one "fold" of ``pddpm table``'s code
+(:mod:`pddpm_monai.evaluation.table`): the table is the mean ± sample std over the runs of each
+method's volume means, and the paired permutation tests pair every two methods on the
+seed-averaged per-volume Dice (the paper's test). It also counts how often each method ranks
+first on BraTS21-like Dice.
 
 Usage::
 
-    python benchmarks/bench_seeds.py OUT_SEED0 OUT_SEED1 OUT_SEED2 [--dataset brats21]
+    python benchmarks/bench_seeds.py OUT_SEED0 OUT_SEED1 OUT_SEED2
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import itertools
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
+import pandas as pd
 
-from pddpm_monai.evaluation.stats import paired_permutation_test
-
-COLUMNS = ("BraTS21 DICE [%]", "BraTS21 AUPRC [%]", "MSLUB DICE [%]", "IXI l1 (1e-3)")
-
-
-def read_table(run: Path) -> dict[str, dict[str, float]]:
-    """``method -> column -> mean`` of one run's ``table.csv``."""
-    with open(run / "table.csv", encoding="utf-8", newline="") as f:
-        return {row["method"]: {c: float(row[f"{c} mean"]) for c in COLUMNS} for row in csv.DictReader(f)}
+from pddpm_monai.evaluation.table import aggregate, format_markdown, load_results, significance_tests
+from pddpm_monai.utils import InputError
 
 
-def read_dice(run: Path, method: str, dataset: str) -> dict[str, float]:
-    """``volume -> Dice`` of ``method`` on ``dataset`` (fold 0's ``metrics.csv``)."""
-    with open(run / "results" / method / "fold0" / "metrics.csv", encoding="utf-8", newline="") as f:
-        return {r["name"]: float(r["dice"]) for r in csv.DictReader(f) if r["dataset"] == dataset}
+def load_seed_runs(runs: Sequence[Path]) -> pd.DataFrame:
+    """Per-volume rows of every run's ``results`` folder; column ``fold`` is the run's index."""
+    frames = []
+    for index, run in enumerate(runs):
+        frame = load_results([run / "results"])
+        frame["fold"] = index
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
 
 
-def spread(tables: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, tuple[float, float]]]:
-    """``method -> column -> (mean, sample std)`` over the runs; methods that every run scored."""
-    methods = [m for m in tables[0] if all(m in t for t in tables)]
-    out = {}
-    for m in methods:
-        values = {c: np.array([t[m][c] for t in tables]) for c in COLUMNS}
-        out[m] = {
-            c: (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0) for c, v in values.items()
-        }
-    return out
-
-
-def seed_averaged(runs: list[Path], method: str, dataset: str) -> dict[str, float]:
-    """Each volume's Dice averaged over the runs (volumes every run scored)."""
-    per_run = [read_dice(r, method, dataset) for r in runs]
-    names = set.intersection(*(set(d) for d in per_run))
-    return {n: float(np.mean([d[n] for d in per_run])) for n in names}
-
-
-def wins(tables: list[dict[str, dict[str, float]]], methods: list[str], column: str) -> dict[str, int]:
-    """How many runs each method is first in ``column`` (higher is better)."""
-    counts = dict.fromkeys(methods, 0)
-    for t in tables:
-        counts[max(methods, key=lambda m: t[m][column])] += 1
-    return counts
+def first_places(results: pd.DataFrame, dataset: str = "brats21", metric: str = "dice") -> dict[str, int]:
+    """How many runs each method has the highest mean ``metric`` on ``dataset``."""
+    means = results[results["dataset"] == dataset].groupby(["fold", "method"])[metric].mean().unstack()
+    counts = means.idxmax(axis=1).value_counts()
+    return {m: int(counts.get(m, 0)) for m in means.columns}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="bench_quality.py output folders")
-    parser.add_argument("--dataset", default="brats21", help="dataset of the paired Dice tests")
     args = parser.parse_args(argv)
-    missing = [str(r) for r in args.runs if not (r / "table.csv").is_file()]
-    if missing:
-        print(
-            f"bench_seeds: {missing[0]}: no table.csv (not a finished bench_quality.py run)", file=sys.stderr
-        )
+    try:
+        results = load_seed_runs(args.runs)
+    except InputError as error:  # one line naming the folder and the problem, exit 2
+        print(f"bench_seeds: {error}", file=sys.stderr)
         return 2
-    tables = [read_table(r) for r in args.runs]
-    stats = spread(tables)
-    methods = list(stats)
-    print(f"{len(args.runs)} runs: " + ", ".join(str(r) for r in args.runs))
-    print("| Model | " + " | ".join(COLUMNS) + " | first on Dice |")
-    print("|---" * (len(COLUMNS) + 2) + "|")
-    first = wins(tables, methods, COLUMNS[0])
-    for m in methods:
-        cells = " | ".join(f"{mu:.2f} +- {sd:.2f}" for mu, sd in stats[m].values())
-        print(f"| {m} | {cells} | {first[m]} of {len(tables)} |")
-    print(f"\nPaired permutation tests on seed-averaged per-volume {args.dataset} Dice:")
-    averaged = {m: seed_averaged(args.runs, m, args.dataset) for m in methods}
-    for a, b in itertools.combinations(methods, 2):
-        test = paired_permutation_test(averaged[a], averaged[b])
-        print(f"  {a} - {b}: {100 * test.mean_difference:+.2f} Dice, p = {test.p_value:.3f} (n = {test.n})")
+    print(f"{len(args.runs)} runs (one per training seed): " + ", ".join(map(str, args.runs)))
+    print(format_markdown(aggregate(results), tests := significance_tests(results)))
+    print("First on BraTS21 Dice: " + ", ".join(f"{m} {n}" for m, n in first_places(results).items()))
+    print("\nPaired permutation tests on seed-averaged per-volume Dice:")
+    print(tests.to_string(index=False))
     return 0
 
 
