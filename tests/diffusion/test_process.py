@@ -24,15 +24,30 @@ def reference_alpha_bar(t: int, steps: int = 1000, beta_start: float = 1e-4, bet
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear_beta"])
-def test_add_noise_matches_the_closed_form(schedule):
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_add_noise_matches_the_closed_form(schedule, seed):
+    """Eq. 3 in float64 on the process's float32 table, and that table against the schedule.
+
+    The table is float32, as the authors' buffers are. Near ``t = 0`` its rounding (about 6e-8) is
+    a large part of ``1 - abar`` (1e-4 or less), so ``sqrt(1 - abar)`` moves by up to 1e-3
+    relative: a reference built on the float64 schedule failed by chance on a large unseeded noise
+    draw (CI: 1.01e-5 > atol 1e-5). So Eq. 3 is checked on the table itself (float32 arithmetic
+    left, a few ulps), and the table is checked against the float64 schedule on its own.
+    """
+    generator = torch.Generator().manual_seed(seed)
     process = DiffusionProcess(DiffusionConfig(schedule=schedule))
-    x0 = torch.rand(3, 1, 8, 8)
-    noise = torch.randn(3, 1, 8, 8)
+    x0 = torch.rand(3, 1, 8, 8, generator=generator)
+    noise = 4 * torch.randn(3, 1, 8, 8, generator=generator)  # wide draws: the worst case of t = 0
     t = torch.tensor([0, 499, 999])
     x_t = process.add_noise(x0, noise, t)
     for i, step in enumerate(t.tolist()):
-        a = reference_alpha_bar(step) if schedule == "linear_beta" else authors_alphas_cumprod()[step]
-        assert_allclose(x_t[i].numpy(), (a**0.5 * x0[i] + (1 - a) ** 0.5 * noise[i]).numpy(), atol=1e-5)
+        a = float(process.alphas_cumprod[step])
+        expected = a**0.5 * x0[i].double() + (1 - a) ** 0.5 * noise[i].double()
+        assert_allclose(x_t[i].double().numpy(), expected.numpy(), rtol=1e-6, atol=1e-6)
+        schedule_value = (
+            reference_alpha_bar(step) if schedule == "linear_beta" else authors_alphas_cumprod()[step]
+        )
+        assert_allclose(a, schedule_value, rtol=1e-6 if step < 999 else 1e-4)
 
 
 def test_default_schedule_is_cosine_and_unknown_schedules_fail_early():
