@@ -29,10 +29,18 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["THREADS_ENV", "available_cpus", "cgroup_cpu_limit", "resolve_threads", "set_threads"]
+__all__ = [
+    "THREADS_ENV",
+    "available_cpus",
+    "cgroup_cpu_limit",
+    "keep_torch_threads",
+    "resolve_threads",
+    "set_threads",
+]
 
 #: the environment variable read as an explicit per-process thread count
 THREADS_ENV = "OMP_NUM_THREADS"
@@ -168,3 +176,24 @@ def set_threads(requested: int | None = None, *, workers: int = 1) -> int:
     torch.set_num_threads(threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     return threads
+
+
+@contextmanager
+def keep_torch_threads() -> Iterator[None]:
+    """Restore torch's intra-op thread count on exit, whatever the code inside did to it.
+
+    Some libraries change it behind torch's back. numba's OpenMP threading layer shares torch's
+    ``libgomp``; the first ``parallel=True`` call of a process (e.g. ``opensimplex.noise2array``)
+    starts it and sets the OpenMP thread count to the core count, so a process that asked torch
+    for one thread per worker then runs and spins two on cores other processes use. In the test
+    suite on 2 cores this made a tiny training run 8x slower (tests/test_threads.py shows the
+    leak and this fix).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)

@@ -1,5 +1,5 @@
 """Shared fixtures: the real MRI files of ../shared/data (skip when absent), a quiet torch, and a
-fixed random state at the start of every test."""
+fixed random state and one torch thread at the start of every test."""
 
 from __future__ import annotations
 
@@ -20,15 +20,18 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def fixed_random_state() -> None:
-    """Seed torch, numpy and ``random`` before each test.
+    """Seed torch, numpy and ``random``, and put torch back on one thread, before each test.
 
     A test's unseeded draws would otherwise depend on which tests ran before it on the same
     pytest-xdist worker, so a tolerance could pass here and fail in CI (it did once, issue 14's
-    stop). With this, every test sees the same draws whatever the order and the worker.
+    stop). Threads: a test that starts numba's OpenMP layer (opensimplex as a reference) leaves
+    torch on every core (``pddpm_monai.threads.keep_torch_threads``); with two workers on two
+    cores the tests after it ran up to 8x slower.
     """
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+    torch.set_num_threads(1)
 
 
 def shared_data_dir() -> Path | None:

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 import SimpleITK as sitk
@@ -6,6 +8,7 @@ import torch
 from parameterized import parameterized
 
 from pddpm_monai.threads import available_cpus, cgroup_cpu_limit, resolve_threads, set_threads
+from tests.conftest import REPO_ROOT
 
 # (requested, workers, env, cpus, expected threads per process)
 RESOLVE_CASES = [
@@ -130,3 +133,52 @@ def test_cli_threads_applied_before_the_command(monkeypatch, tmp_path, capsys):
         cli.main(["demo", "--out", str(tmp_path), "--threads", "0"])
     assert exit_info.value.code == 2
     assert "--threads: must be a positive integer" in capsys.readouterr().err
+
+
+def test_keep_torch_threads_restores_what_the_block_changed():
+    from pddpm_monai.threads import keep_torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with keep_torch_threads():
+            torch.set_num_threads(2)
+        assert torch.get_num_threads() == 1
+        with pytest.raises(RuntimeError), keep_torch_threads():
+            torch.set_num_threads(2)
+            raise RuntimeError
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+NUMBA_LAUNCH = """
+import sys, numpy as np, torch
+torch.set_num_threads(1)
+torch.get_num_threads()  # torch's OpenMP is initialised, as in any process that has run torch
+if sys.argv[1] == "raw":
+    from opensimplex import OpenSimplex
+    OpenSimplex(0).noise2array(np.arange(8.0), np.arange(8.0))
+else:
+    from pddpm_monai.diffusion import simplex_noise_reference
+    simplex_noise_reference(8, 8, seed=0)
+print(torch.get_num_threads())
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: a leak to the core count is invisible")
+def test_simplex_reference_keeps_torch_threads_when_numba_starts_its_threads():
+    """numba's first parallel call moves torch to every core; the reference puts it back."""
+    pytest.importorskip("numba")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("OMP_NUM_THREADS", None)
+    env.pop("NUMBA_NUM_THREADS", None)
+    threads = {}
+    for variant in ("raw", "ours"):
+        command = [sys.executable, "-c", NUMBA_LAUNCH, variant]
+        threads[variant] = subprocess.run(
+            command, env=env, capture_output=True, text=True, check=True
+        ).stdout.split()[-1]
+    assert threads["ours"] == "1", threads
+    if threads["raw"] == "1":  # another numba threading layer (tbb, workqueue) leaves torch alone
+        pytest.skip(f"numba does not move torch's threads here: {threads}")

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pddpm_monai.threads import keep_torch_threads
+
 __all__ = [
     "NoiseType",
     "SimplexNoiseConfig",
@@ -232,10 +234,11 @@ def simplex_noise_reference(
     ys = np.arange(height, dtype=np.float64)
     total = np.zeros((height, width))
     frequency, amplitude = float(config.frequency), 1.0
-    for _ in range(config.octaves):
-        total += amplitude * generator.noise2array(xs / frequency, ys / frequency)
-        frequency /= 2
-        amplitude *= config.persistence
+    with keep_torch_threads():  # numba's first parallel call would leave torch on every core
+        for _ in range(config.octaves):
+            total += amplitude * generator.noise2array(xs / frequency, ys / frequency)
+            frequency /= 2
+            amplitude *= config.persistence
     if config.standardize if normalize is None else normalize:
         total = (total - total.mean()) / max(total.std(), _STD_EPS)
     return total
