@@ -195,5 +195,4 @@ def keep_torch_threads() -> Iterator[None]:
     try:
         yield
     finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(threads)

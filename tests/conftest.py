@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
-def fixed_random_state() -> None:
+def same_start_for_every_test() -> None:
     """Seed torch, numpy and ``random``, and put torch back on one thread, before each test.
 
     A test's unseeded draws would otherwise depend on which tests ran before it on the same

@@ -7,7 +7,13 @@ import SimpleITK as sitk
 import torch
 from parameterized import parameterized
 
-from pddpm_monai.threads import available_cpus, cgroup_cpu_limit, resolve_threads, set_threads
+from pddpm_monai.threads import (
+    available_cpus,
+    cgroup_cpu_limit,
+    keep_torch_threads,
+    resolve_threads,
+    set_threads,
+)
 from tests.conftest import REPO_ROOT
 
 # (requested, workers, env, cpus, expected threads per process)
@@ -136,8 +142,6 @@ def test_cli_threads_applied_before_the_command(monkeypatch, tmp_path, capsys):
 
 
 def test_keep_torch_threads_restores_what_the_block_changed():
-    from pddpm_monai.threads import keep_torch_threads
-
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
